@@ -1,0 +1,37 @@
+"""Logging set-up and the JSON files that each stage writes beside its output."""
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def setup_logging(level: int = logging.INFO, main_process: bool = True) -> None:
+    """Configure the root logger; processes other than the main one log warnings and errors only."""
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        level=level if main_process else logging.WARNING,
+        force=True,
+    )
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write `data` as indented JSON, atomically, so a reader never sees half a file.
+
+    Non-finite floats are written as the JavaScript literals `Infinity` and `NaN`, as Python's
+    `json` module reads them back; the transformers example scripts do the same for perplexity.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    file_descriptor, temporary_path = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(file_descriptor, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, ensure_ascii=False)
+            handle.write("\n")
+        os.replace(temporary_path, path)
+    except BaseException:
+        os.unlink(temporary_path)
+        raise
