@@ -1,0 +1,36 @@
+"""Masked-language-model loss that runs the prediction head only at the masked positions.
+
+The stock `BertForMaskedLM.forward` projects every token onto the whole vocabulary, although the
+loss reads only the ~15% of positions that carry a label. Gathering those positions first skips
+most of the head's work. The model itself is not changed, so checkpoints stay standard
+`AutoModelForMaskedLM` folders.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Encoder and head attribute names of the masked-LM classes whose head maps hidden states to
+# vocabulary logits position by position, so that it can run on a subset of positions.
+ENCODER_AND_HEAD_ATTRIBUTES = {
+    "BertForMaskedLM": ("bert", "cls"),
+    "RobertaForMaskedLM": ("roberta", "lm_head"),
+    "XLMRobertaForMaskedLM": ("roberta", "lm_head"),
+}
+
+
+def supports_masked_only_head(model: nn.Module) -> bool:
+    """Tell whether `masked_only_mlm_loss` knows where `model` keeps its encoder and head."""
+    return type(model).__name__ in ENCODER_AND_HEAD_ATTRIBUTES
+
+
+def masked_only_mlm_loss(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Return the same mean cross-entropy as `model(**inputs).loss`, computing logits only where labels are set."""
+    encoder_name, head_name = ENCODER_AND_HEAD_ATTRIBUTES[type(model).__name__]
+    encoder_inputs = {key: value for key, value in inputs.items() if key != "labels"}
+    labels = inputs["labels"]  # (batch, seq)
+    hidden_states = getattr(model, encoder_name)(**encoder_inputs, return_dict=True).last_hidden_state  # (batch, seq, hidden)
+    is_masked = labels != -100  # (batch, seq)
+    masked_hidden_states = hidden_states[is_masked]  # (masked, hidden)
+    logits = getattr(model, head_name)(masked_hidden_states)  # (masked, vocab)
+    return F.cross_entropy(logits.float(), labels[is_masked])
