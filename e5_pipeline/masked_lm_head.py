@@ -2,8 +2,8 @@
 
 The stock `BertForMaskedLM.forward` projects every token onto the whole vocabulary, although the
 loss reads only the ~15% of positions that carry a label. Gathering those positions first skips
-most of the head's work. The model itself is not changed, so checkpoints stay standard
-`AutoModelForMaskedLM` folders.
+most of the head's work (the transform, the vocabulary projection, its bias and the softmax). The
+model itself is not changed, so checkpoints stay standard `AutoModelForMaskedLM` folders.
 """
 
 import torch
@@ -18,6 +18,9 @@ ENCODER_AND_HEAD_ATTRIBUTES = {
     "XLMRobertaForMaskedLM": ("roberta", "lm_head"),
 }
 
+# Label value that `DataCollatorForLanguageModeling` and `CrossEntropyLoss` use for "no target here".
+IGNORE_INDEX = -100
+
 
 def supports_masked_only_head(model: nn.Module) -> bool:
     """Tell whether `masked_only_mlm_loss` knows where `model` keeps its encoder and head."""
@@ -25,12 +28,20 @@ def supports_masked_only_head(model: nn.Module) -> bool:
 
 
 def masked_only_mlm_loss(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Return the same mean cross-entropy as `model(**inputs).loss`, computing logits only where labels are set."""
+    """Compute the same mean cross-entropy as `model(**inputs).loss`, with logits only where labels are set.
+
+    A batch without any label other than -100 gives NaN, exactly as the stock loss does (a mean over
+    zero positions), so a training loop's non-finite-loss guard gets the same value on both paths.
+    """
     encoder_name, head_name = ENCODER_AND_HEAD_ATTRIBUTES[type(model).__name__]
     encoder_inputs = {key: value for key, value in inputs.items() if key != "labels"}
-    labels = inputs["labels"]  # (batch, seq)
+    labels = inputs["labels"].reshape(-1)  # (batch * seq,)
     hidden_states = getattr(model, encoder_name)(**encoder_inputs, return_dict=True).last_hidden_state  # (batch, seq, hidden)
-    is_masked = labels != -100  # (batch, seq)
-    masked_hidden_states = hidden_states[is_masked]  # (masked, hidden)
+    hidden_states = hidden_states.reshape(-1, hidden_states.shape[-1])  # (batch * seq, hidden)
+
+    # Flat positions and index_select, rather than a boolean-mask gather on the 3-D tensor: the
+    # backward pass then scatters rows into one flat gradient with index_add.
+    masked_positions = (labels != IGNORE_INDEX).nonzero().squeeze(1)  # (masked,)
+    masked_hidden_states = hidden_states.index_select(0, masked_positions)  # (masked, hidden)
     logits = getattr(model, head_name)(masked_hidden_states)  # (masked, vocab)
-    return F.cross_entropy(logits.float(), labels[is_masked])
+    return F.cross_entropy(logits.float(), labels.index_select(0, masked_positions))
