@@ -21,7 +21,6 @@ Writes `report.json` (counts, settings and metrics per retriever) and `report.md
 metrics as a markdown table) to `--output_dir`.
 """
 
-import csv
 import logging
 import sys
 import time
@@ -36,9 +35,10 @@ from transformers import HfArgumentParser
 
 from e5_pipeline.beir import beir_paths, load_corpus, load_qrels, load_queries
 from e5_pipeline.csv_io import load_csv_dataset
+from e5_pipeline.ir_evaluation import build_retrieval_evaluation_data, load_distractor_passages
 from e5_pipeline.logging_utils import setup_logging, write_json
 from e5_pipeline.models import load_sentence_transformer
-from e5_pipeline.prefixes import add_prefix
+from e5_pipeline.prefixes import add_prefix_once
 from e5_pipeline.retrieval_metrics import REPORT_METRICS, evaluate_rankings
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class EvaluationArguments:
         default=None,
         metadata={
             "help": "Extra passages for --validation_file mode, searched as distractors: a BEIR corpus.jsonl, a CSV "
-            "with a --corpus_text_column column, or a text file with one passage per line. Default: none."
+            "with a --corpus_text_column column, or a .txt file with one passage per line. Default: none."
         },
     )
     corpus_text_column: str = field(default="text", metadata={"help": "Passage column of a CSV --corpus_file."})
@@ -146,78 +146,41 @@ def load_beir_data(beir_dir: str, qrels_split: str) -> RetrievalData:
     return RetrievalData(queries, corpus, qrels, stats)
 
 
-def read_passages(path: str, text_column: str) -> tuple[list[str], int]:
-    """Read the passages of a corpus file; return them and the number of blank ones dropped."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".jsonl":
-        texts = list(load_corpus(path).values())
-    elif suffix == ".csv":
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            reader = csv.DictReader(handle)
-            if text_column not in (reader.fieldnames or []):
-                raise ValueError(
-                    f"{path} has no column {text_column!r}; its header has {reader.fieldnames!r}. "
-                    "Name the passage column with --corpus_text_column."
-                )
-            texts = [row[text_column] or "" for row in reader]
-    else:
-        with open(path, encoding="utf-8") as handle:
-            texts = handle.read().split("\n")
-        if texts and texts[-1] == "":
-            texts.pop()  # the final newline ends the last line; it starts no passage
-    passages = [text.strip() for text in texts if text.strip()]
-    return passages, len(texts) - len(passages)
-
-
 def load_pair_data(args: EvaluationArguments) -> RetrievalData:
     """Build queries, corpus and score-1 judgements from a CSV of pairs and an optional corpus file.
 
-    Queries and passages are keyed by their text, so a query with several positives gets all of
-    them as relevant, and a passage shared by several rows is one corpus entry.
+    Queries and passages are keyed by their text, as the contrastive stage's evaluator keys them,
+    so a query with several positives gets all of them as relevant.
     """
     columns = [args.query_column, args.positive_column]
     rows = load_csv_dataset({"validation": args.validation_file}, columns)["validation"]
-    query_ids: dict[str, str] = {}
-    passage_ids: dict[str, str] = {}
-    qrels: dict[str, dict[str, int]] = {}
-    dropped_empty = 0
-    for row in rows:
-        query, positive = row[args.query_column].strip(), row[args.positive_column].strip()
-        if not query or not positive:
-            dropped_empty += 1
-            continue
-        query_id = query_ids.setdefault(query, f"q{len(query_ids)}")
-        passage_id = passage_ids.setdefault(positive, f"d{len(passage_ids)}")
-        qrels.setdefault(query_id, {})[passage_id] = 1
+    pairs = [(row[args.query_column].strip(), row[args.positive_column].strip()) for row in rows]
+    kept_pairs = [(query, positive) for query, positive in pairs if query and positive]
+    dropped_empty = len(pairs) - len(kept_pairs)
     if dropped_empty:
-        logger.warning("Dropped %d of %d rows of %s with an empty query or positive.", dropped_empty, len(rows), args.validation_file)
+        logger.warning("Dropped %d of %d rows of %s with an empty query or positive.", dropped_empty, len(pairs), args.validation_file)
+    if not kept_pairs:
+        raise ValueError(f"{args.validation_file} has no row with both a query and a positive, so there is nothing to evaluate.")
+    distractors = []
+    if args.corpus_file is not None:
+        distractors = load_distractor_passages(args.corpus_file, csv_column=args.corpus_text_column)
+    queries, positives = zip(*kept_pairs)
+    evaluation_data = build_retrieval_evaluation_data(queries, positives, distractors)
+    qrels = {
+        query_id: dict.fromkeys(sorted(document_ids), 1) for query_id, document_ids in evaluation_data.relevant_docs.items()
+    }
     stats = {
         "source": "pairs",
         "validation_file": args.validation_file,
-        "rows_read": len(rows),
+        "rows_read": len(pairs),
         "rows_dropped_empty": dropped_empty,
-        "positives": len(passage_ids),
+        "positives": len(evaluation_data.corpus) - evaluation_data.num_distractors,
+        "corpus_file": args.corpus_file,
+        "corpus_file_passages": len(distractors),
+        "distractors": evaluation_data.num_distractors,
+        "judgements": sum(map(len, qrels.values())),
     }
-
-    if args.corpus_file is not None:
-        passages, blank = read_passages(args.corpus_file, args.corpus_text_column)
-        already_in_corpus = 0
-        for passage in passages:
-            if passage in passage_ids:
-                already_in_corpus += 1
-            else:
-                passage_ids[passage] = f"d{len(passage_ids)}"
-        logger.info(
-            "%s: %d passages, %d blank ones dropped, %d already in the corpus (counted once).",
-            args.corpus_file, len(passages), blank, already_in_corpus,
-        )
-        stats.update(corpus_file=args.corpus_file, corpus_file_passages=len(passages),
-                     corpus_file_blank_dropped=blank, corpus_file_already_in_corpus=already_in_corpus)
-
-    queries = {query_id: query for query, query_id in query_ids.items()}
-    corpus = {passage_id: passage for passage, passage_id in passage_ids.items()}
-    stats["judgements"] = sum(map(len, qrels.values()))
-    return RetrievalData(queries, corpus, qrels, stats)
+    return RetrievalData(evaluation_data.queries, evaluation_data.corpus, qrels, stats)
 
 
 def rank_with_bm25(data: RetrievalData) -> dict[str, list[str]]:
@@ -247,8 +210,8 @@ def rank_with_model(name: str, path: str, data: RetrievalData, args: EvaluationA
                 name, prompt_name, saved_prompt, prefix,
             )
     query_ids, document_ids = list(data.queries), list(data.corpus)
-    query_texts, _ = add_prefix([data.queries[i] for i in query_ids], args.prefix_query)
-    passage_texts, _ = add_prefix([data.corpus[i] for i in document_ids], args.prefix_passage)
+    query_texts, _ = add_prefix_once([data.queries[i] for i in query_ids], args.prefix_query)
+    passage_texts, _ = add_prefix_once([data.corpus[i] for i in document_ids], args.prefix_passage)
     # prompt="" keeps a saved default prompt from being added on top of the prefixes.
     encode_kwargs = dict(batch_size=args.batch_size, prompt="", convert_to_tensor=True, normalize_embeddings=True)
     logger.info("Encoding %d queries and %d passages with %r.", len(query_texts), len(passage_texts), name)
