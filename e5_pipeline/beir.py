@@ -55,12 +55,12 @@ def _load_texts(path: str | os.PathLike, to_text) -> dict[str, str]:
     return texts
 
 
-def load_qrels(path: str | os.PathLike) -> dict[str, dict[str, int]]:
-    """Map each query id of a BEIR qrels TSV to `{document id: relevance score}`.
+def iter_qrels(path: str | os.PathLike) -> Iterator[tuple[int, str, str, int]]:
+    """Yield `(line_number, query_id, document_id, score)` for each judgement line of a BEIR qrels TSV.
 
     The file has the columns `query-id`, `corpus-id` and `score`, with or without that header row.
+    Blank lines are skipped.
     """
-    qrels: dict[str, dict[str, int]] = {}
     with open(path, encoding="utf-8-sig", newline="") as handle:
         for line_number, fields in enumerate(csv.reader(handle, delimiter="\t"), start=1):
             if not fields or fields == [""]:
@@ -74,9 +74,20 @@ def load_qrels(path: str | os.PathLike) -> dict[str, dict[str, int]]:
                 )
             query_id, document_id, score = fields
             try:
-                qrels.setdefault(query_id, {})[document_id] = int(score)
+                score_value = int(score)
             except ValueError:
                 raise ValueError(f"{path}, line {line_number}: score {score!r} is not an integer.") from None
+            yield line_number, query_id, document_id, score_value
+
+
+def load_qrels(path: str | os.PathLike) -> dict[str, dict[str, int]]:
+    """Map each query id of a BEIR qrels TSV to `{document id: relevance score}`.
+
+    The file has the columns `query-id`, `corpus-id` and `score`, with or without that header row.
+    """
+    qrels: dict[str, dict[str, int]] = {}
+    for _, query_id, document_id, score in iter_qrels(path):
+        qrels.setdefault(query_id, {})[document_id] = score
     return qrels
 
 
