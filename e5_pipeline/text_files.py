@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-# Bytes read per block; a block is then cut back to its last line break.
+# Bytes read per block; a block is then cut back to its last line break. Read at call time, so
+# tests can lower it to cross block boundaries on small files.
 BLOCK_SIZE = 8 * 1024 * 1024
 
 # Suffixes of the files taken from a directory given as input; each may also end in ".gz".
@@ -131,9 +132,7 @@ class DecodingError(ValueError):
     """An input file holds bytes that the chosen encoding cannot decode."""
 
 
-def iter_text_blocks(
-    path: str | os.PathLike, encoding: str, progress=None, block_size: int = BLOCK_SIZE
-) -> Iterator[tuple[str, int]]:
+def iter_text_blocks(path: str | os.PathLike, encoding: str, progress=None) -> Iterator[tuple[str, int]]:
     """Yield `(text, first_line_number)` for consecutive blocks of whole lines of `path`.
 
     Each `text` ends with "\\n" except possibly the last one, which holds a final line without a
@@ -153,7 +152,7 @@ def iter_text_blocks(
         disk_position = 0
         while True:
             try:
-                chunk = stream.read(block_size)
+                chunk = stream.read(BLOCK_SIZE)
             except (gzip.BadGzipFile, EOFError, OSError) as error:
                 raise ValueError(f"{path}: invalid gzip data ({error}); check the file or remove the .gz suffix.") from None
             data = pending + chunk if pending else chunk
