@@ -5,9 +5,9 @@ Examples:
     python prepare_contrastive_data.py --beir_dir data/cranfield --qrels_split train --output_dir data/pairs
 
 Each writes `train.csv` and `validation.csv` (columns `query` and `positive`, every field quoted)
-and `prepare_stats.json` (rows read per file, rows written per split, rows dropped per reason,
-duplicate pairs, and how many queries have several positives and how many positives several
-queries) to `--output_dir`.
+and `prepare_stats.json` to `--output_dir`. The statistics give the rows read per file, written
+per split and dropped per reason. They also count duplicate pairs, queries with several positives
+and positives shared by several queries.
 
 The split is by query by default: all rows of one query text land on the same side, so no
 validation query was seen in training. `--split_by row` splits rows instead, as a plain random
@@ -298,7 +298,7 @@ def read_beir_pairs(inputs: InputArguments) -> PairsRead:
     """Turn each judgement of qrels/<split>.tsv with score >= --min_score into a (query, passage) pair."""
     paths = beir_paths(inputs.beir_dir, inputs.qrels_split)
     queries = load_queries(paths["queries"])
-    # NOTE: the whole corpus is held in memory; a corpus of millions of passages needs several GB.
+    # NOTE: the whole corpus is loaded into memory, so a corpus of millions of passages needs several GB.
     corpus = load_corpus(paths["corpus"])
     logger.info("Read %d queries and %d passages from %s.", len(queries), len(corpus), inputs.beir_dir)
     qrels_path = str(paths["qrels"])

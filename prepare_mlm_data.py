@@ -174,7 +174,7 @@ def jsonl_texts(lines: list[str], path: Path, first_line_number: int, fields: li
 def iter_escaped_texts(path: Path, encoding: str, fields: list[str] | None, progress) -> Iterator[tuple[list[str], int]]:
     """Yield `(texts, first_line_number)` per block of `path`, one text per physical line, quotes doubled.
 
-    Each text comes with every double quote doubled, as it stands between the quotes of a CSV
+    Each text comes with every double quote doubled, as it appears between the quotes of a CSV
     field, because escaping a whole block at once is much faster than escaping line by line.
     Doubling quotes maps equal texts to equal texts, so repeats are found on these texts too.
     """
@@ -238,8 +238,8 @@ class HashBuckets:
     def repeat_mask(self, total: int) -> tuple[np.ndarray, int]:
         """Return a packed bit mask of the lines that repeat an earlier line, and their count.
 
-        NOTE: two different lines with the same 64-bit hash count as a repeat; the chance that
-        any pair collides is about n**2 / 2**65 for n lines (3e-6 for ten million lines).
+        NOTE: two different lines with the same 64-bit hash count as a repeat. The chance of any
+        collision is about n**2 / 2**65 for n lines, or 3e-6 for ten million lines.
         """
         for handle in self.files:
             handle.close()
@@ -261,7 +261,7 @@ class HashBuckets:
 
 @dataclass
 class CorpusScan:
-    """What the first pass found: counts per file and reason, and which lines are usable."""
+    """Counts per file and drop reason from the first pass, and the masks of usable lines."""
 
     rows_read: dict[str, int] = field(default_factory=dict)
     rows_dropped: Counter = field(default_factory=lambda: Counter({BLANK: 0, TOO_SHORT: 0, DUPLICATE: 0}))
@@ -346,7 +346,7 @@ def write_line_runs(handle, block: bytes, line_ends: np.ndarray, selected: np.nd
     """Write the selected lines of an escaped UTF-8 block as quoted CSV rows; return how many.
 
     Consecutive selected lines are copied as one slice and quoted with one `bytes.replace`, so the
-    work is per run of lines rather than per line. `line_ends` holds the offset of each "\n".
+    work is per run of lines rather than per line. `line_ends` contains the offset of each "\n".
     The bytes equal those of the shared CSV writer: every field quoted, "\n" line endings.
     """
     count = int(np.count_nonzero(selected))

@@ -1,6 +1,6 @@
 """Seeded train/validation splits with an exact validation size, shared by both prepare scripts.
 
-The validation set holds exactly floor(n * validation_split) units (lines, rows or queries),
+The validation set contains exactly floor(n * validation_split) units (lines, rows or queries),
 computed on the decimal value the user typed, so 0.29 of 100 is 29 and not 28. The units are a
 uniform random subset drawn with `numpy.random.default_rng(seed)`, kept as a packed bit mask of
 n bits, so choosing them needs memory for the mask and one sampling block only.

@@ -129,13 +129,13 @@ def check_output_dir(output_dir: str | os.PathLike, input_paths: Sequence[str | 
 
 
 class DecodingError(ValueError):
-    """An input file holds bytes that the chosen encoding cannot decode."""
+    """An input file contains bytes that the chosen encoding cannot decode."""
 
 
 def iter_text_blocks(path: str | os.PathLike, encoding: str, progress=None) -> Iterator[tuple[str, int]]:
     """Yield `(text, first_line_number)` for consecutive blocks of whole lines of `path`.
 
-    Each `text` ends with "\\n" except possibly the last one, which holds a final line without a
+    Each `text` ends with "\\n" except possibly the last one, which contains a final line without a
     line break. A byte-order mark at the start of the file is removed. `.gz` files are decompressed.
     `progress` is an optional tqdm bar advanced by the bytes read from disk.
 
