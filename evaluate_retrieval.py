@@ -204,7 +204,7 @@ def rank_with_model(name: str, path: str, data: RetrievalData, args: EvaluationA
     model = load_sentence_transformer(path, args.max_seq_length, device=args.device)
     for prompt_name, prefix in (("query", args.prefix_query), ("passage", args.prefix_passage)):
         saved_prompt = model.prompts.get(prompt_name)
-        if saved_prompt is not None and saved_prompt != prefix:
+        if saved_prompt and saved_prompt != prefix:
             logger.warning(
                 "Model %r was saved with the %s prompt %r, but this report uses the prefix %r for every model.",
                 name, prompt_name, saved_prompt, prefix,
