@@ -65,9 +65,9 @@ class InputArguments:
         default=None,
         metadata={"help": "Header name of the positive column; overrides --input_positive_col_idx. Needs --header."},
     )
-    input_query_col_idx: int = field(default=0, metadata={"help": "0-based index of the query column. Default: 0."})
+    input_query_col_idx: int = field(default=0, metadata={"help": "0-based index of the query column."})
     input_positive_col_idx: int = field(
-        default=1, metadata={"help": "0-based index of the positive passage column. Default: 1."}
+        default=1, metadata={"help": "0-based index of the positive passage column."}
     )
     quoting: Literal["none", "csv"] | None = field(
         default=None,
@@ -90,7 +90,7 @@ class InputArguments:
     )
     qrels_split: str = field(default="train", metadata={"help": "Qrels file of --beir_dir to read: qrels/<split>.tsv."})
     min_score: int = field(
-        default=1, metadata={"help": "Lowest relevance score of a judgement that makes a pair. Default: 1."}
+        default=1, metadata={"help": "Lowest relevance score of a judgement that makes a pair."}
     )
 
 

@@ -235,14 +235,17 @@ class HashBuckets:
             records[order[start:stop]].tofile(self.files[bucket])
             start = stop
 
+    def close(self) -> None:
+        for handle in self.files:
+            handle.close()
+
     def repeat_mask(self, total: int) -> tuple[np.ndarray, int]:
         """Return a packed bit mask of the lines that repeat an earlier line, and their count.
 
         NOTE: two different lines with the same 64-bit hash count as a repeat. The chance of any
         collision is about n**2 / 2**65 for n lines, or 3e-6 for ten million lines.
         """
-        for handle in self.files:
-            handle.close()
+        self.close()
         mask = np.zeros((total + 7) // 8, dtype=np.uint8)
         repeated = 0
         for bucket in range(256):
@@ -267,9 +270,9 @@ class CorpusScan:
     rows_dropped: Counter = field(default_factory=lambda: Counter({BLANK: 0, TOO_SHORT: 0, DUPLICATE: 0}))
     first_dropped: dict[str, str] = field(default_factory=dict)
     usable: int = 0
-    # One packed bit mask per block read, bit set for a usable line, so the second pass needs
-    # no text checks.
-    usable_bits: list[np.ndarray] = field(default_factory=list)
+    # Per block read: its number of lines and a packed bit mask of its usable lines, so the
+    # second pass needs no text checks.
+    usable_bits: list[tuple[int, np.ndarray]] = field(default_factory=list)
 
 
 def scan_corpus(files, encoding, fields, min_chars, buckets: HashBuckets) -> CorpusScan:
@@ -289,7 +292,7 @@ def scan_corpus(files, encoding, fields, min_chars, buckets: HashBuckets) -> Cor
                 kept = list(compress(texts, usable.tolist()))
                 buckets.add(kept, scan.usable)
                 scan.usable += len(kept)
-                scan.usable_bits.append(np.packbits(usable))
+                scan.usable_bits.append((len(texts), np.packbits(usable)))
                 read += len(texts)
             scan.rows_read[str(path)] = read
     return scan
@@ -314,9 +317,9 @@ class LineRouter:
 
     def next_destinations(self, line_count: int) -> np.ndarray:
         """Return the destination of each of the `line_count` lines of the next block."""
-        bits = self.scan.usable_bits[self.block_index]
+        expected_count, bits = self.scan.usable_bits[self.block_index]
         self.block_index += 1
-        if bits.size != (line_count + 7) // 8:
+        if line_count != expected_count:
             raise RuntimeError("An input file changed between the two passes; run the script again.")
         usable = np.unpackbits(bits, count=line_count).astype(bool)
 
@@ -333,11 +336,11 @@ class LineRouter:
 
 
 def encode_escaped_block(text: str) -> bytes:
-    """Return a block as UTF-8 with quotes doubled, "\r\n" turned into "\n" and a final "\n"."""
+    """Return a block as UTF-8 with quotes doubled, "\\r\\n" turned into "\\n" and a final "\\n"."""
     text = text.replace('"', '""')
     if "\r" in text:
         text = text.replace("\r\n", "\n")
-    if not text.endswith("\n"):
+    if text and not text.endswith("\n"):
         text += "\n"
     return text.encode("utf-8")
 
@@ -346,7 +349,7 @@ def write_line_runs(handle, block: bytes, line_ends: np.ndarray, selected: np.nd
     """Write the selected lines of an escaped UTF-8 block as quoted CSV rows; return how many.
 
     Consecutive selected lines are copied as one slice and quoted with one `bytes.replace`, so the
-    work is per run of lines rather than per line. `line_ends` contains the offset of each "\n".
+    work is per run of lines rather than per line. `line_ends` contains the offset of each "\\n".
     The bytes equal those of the shared CSV writer: every field quoted, "\n" line endings.
     """
     count = int(np.count_nonzero(selected))
@@ -412,7 +415,10 @@ def main(args: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="prepare_mlm_data_") as temporary_dir:
         # 2. First pass: check every line, count drops and hash the usable lines.
         buckets = HashBuckets(temporary_dir)
-        scan = scan_corpus(files, encoding, fields, inputs.min_chars, buckets)
+        try:
+            scan = scan_corpus(files, encoding, fields, inputs.min_chars, buckets)
+        finally:
+            buckets.close()
         for reason, count in scan.rows_dropped.items():
             if count:
                 logger.warning("Dropping %d line(s) as %s; the first is %s.", count, reason, scan.first_dropped[reason])

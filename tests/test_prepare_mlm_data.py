@@ -118,6 +118,16 @@ def test_byte_order_mark_removed(tmp_path):
     assert read_split(tmp_path / "out", "train") == ["first", "second"]
 
 
+def test_file_with_only_byte_order_mark(tmp_path):
+    bom_only = tmp_path / "bom.txt"
+    bom_only.write_bytes(b"\xef\xbb\xbf")
+    other = write_lines(tmp_path / "other.txt", ["one", "two"])
+    stats = run([bom_only, other], tmp_path / "out", "--validation_split", "0")
+
+    assert stats["rows_read"] == {str(bom_only): 0, str(other): 2}
+    assert read_split(tmp_path / "out", "train") == ["one", "two"]
+
+
 def test_min_chars(tmp_path):
     # Quotes count once each although the script measures lengths on CSV-escaped text.
     source = write_lines(tmp_path / "corpus.txt", ["ab", '"q"', '"', "abcd", "  abc  "])
