@@ -39,7 +39,12 @@ OUTPUT_NAMES = ("train.csv", "validation.csv", "prepare_stats.json")
 # Reasons a row is dropped, as they appear under "rows_dropped" in prepare_stats.json.
 DELIMITED_DROP_REASONS = ("blank_line", "empty_query", "empty_positive", "duplicate_pair")
 BEIR_DROP_REASONS = (
-    "score_below_min_score", "unknown_query_id", "unknown_document_id", "empty_query", "empty_positive", "duplicate_pair"
+    "score_below_min_score",
+    "unknown_query_id",
+    "unknown_document_id",
+    "empty_query",
+    "empty_positive",
+    "duplicate_pair",
 )
 
 
@@ -51,7 +56,9 @@ class InputArguments:
     )
     delimiter: str = field(
         default="\t",
-        metadata={"help": "Field delimiter of --input_file, one character; 'tab' or '\\t' also mean a tab. Default: tab."},
+        metadata={
+            "help": "Field delimiter of --input_file, one character; 'tab' or '\\t' also mean a tab. Default: tab."
+        },
     )
     header: bool = field(
         default=True,
@@ -66,9 +73,7 @@ class InputArguments:
         metadata={"help": "Header name of the positive column; overrides --input_positive_col_idx. Needs --header."},
     )
     input_query_col_idx: int = field(default=0, metadata={"help": "0-based index of the query column."})
-    input_positive_col_idx: int = field(
-        default=1, metadata={"help": "0-based index of the positive passage column."}
-    )
+    input_positive_col_idx: int = field(default=1, metadata={"help": "0-based index of the positive passage column."})
     quoting: Literal["none", "csv"] | None = field(
         default=None,
         metadata={
@@ -89,9 +94,7 @@ class InputArguments:
         },
     )
     qrels_split: str = field(default="train", metadata={"help": "Qrels file of --beir_dir to read: qrels/<split>.tsv."})
-    min_score: int = field(
-        default=1, metadata={"help": "Lowest relevance score of a judgement that makes a pair."}
-    )
+    min_score: int = field(default=1, metadata={"help": "Lowest relevance score of a judgement that makes a pair."})
 
 
 @dataclass
@@ -143,7 +146,7 @@ class PairsRead:
 
 def parse_delimiter(value: str) -> str:
     delimiter = "\t" if value in ("tab", "\\t") else value
-    if len(delimiter) != 1 or delimiter in "\r\n\"":
+    if len(delimiter) != 1 or delimiter in '\r\n"':
         raise ValueError(
             f"--delimiter {value!r} must be a single character other than a quote or a line break, e.g. ',' or 'tab'."
         )
@@ -250,14 +253,18 @@ def read_delimited_pairs(inputs: InputArguments, encoding: str) -> PairsRead:
     else:
         records = iter_csv_records(path, encoding, delimiter)
 
-    result = PairsRead(pairs=[], rows_read={str(path): 0}, rows_dropped=Counter(dict.fromkeys(DELIMITED_DROP_REASONS, 0)))
+    result = PairsRead(
+        pairs=[], rows_read={str(path): 0}, rows_dropped=Counter(dict.fromkeys(DELIMITED_DROP_REASONS, 0))
+    )
     expected_fields = query_index = positive_index = None
     for line_number, fields in records:
         source = f"{path}, line {line_number}"
         if expected_fields is None:
             header = fields if inputs.header else None
             expected_fields = len(fields)
-            query_index = resolve_column(inputs.input_query_column, inputs.input_query_col_idx, header, "input_query_column", path)
+            query_index = resolve_column(
+                inputs.input_query_column, inputs.input_query_col_idx, header, "input_query_column", path
+            )
             positive_index = resolve_column(
                 inputs.input_positive_column, inputs.input_positive_col_idx, header, "input_positive_column", path
             )
@@ -270,7 +277,9 @@ def read_delimited_pairs(inputs: InputArguments, encoding: str) -> PairsRead:
                         f"when split on {delimiter!r}; column indices start at 0."
                     )
             if inputs.header:
-                logger.info("Header of %s: %r; query column %d, positive column %d.", path, fields, query_index, positive_index)
+                logger.info(
+                    "Header of %s: %r; query column %d, positive column %d.", path, fields, query_index, positive_index
+                )
                 continue
         result.rows_read[str(path)] += 1
         if all(is_blank(value) for value in fields):
@@ -366,7 +375,14 @@ def choose_validation_rows(pairs: list[Pair], outputs: OutputArguments) -> np.nd
         return np.zeros(len(pairs), dtype=bool)
     chosen = np.unpackbits(choose_validation_mask(len(queries), size, outputs.seed), count=len(queries)).astype(bool)
     validation_queries = {query for query, is_chosen in zip(queries, chosen.tolist()) if is_chosen}
-    logger.info("Validation: %d of %d queries (floor(%d * %r)), seed %d.", size, len(queries), len(queries), outputs.validation_split, outputs.seed)
+    logger.info(
+        "Validation: %d of %d queries (floor(%d * %r)), seed %d.",
+        size,
+        len(queries),
+        len(queries),
+        outputs.validation_split,
+        outputs.seed,
+    )
     return np.array([pair.query in validation_queries for pair in pairs], dtype=bool)
 
 
@@ -397,7 +413,8 @@ def main(args: list[str] | None = None) -> dict:
             logger.warning("Dropping %d row(s) as %s; the first is %s.", count, reason, read.first_dropped[reason])
     if len(pairs) < 2:
         raise ValueError(
-            f"Only {len(pairs)} usable pair(s) in {', '.join(read.rows_read)} after dropping {dict(read.rows_dropped)}; "
+            f"Only {len(pairs)} usable pair(s) in {', '.join(read.rows_read)} after dropping "
+            f"{dict(read.rows_dropped)}; "
             "at least 2 are needed."
         )
     overlaps = count_overlaps(pairs)

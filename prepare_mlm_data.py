@@ -11,7 +11,8 @@ Inputs are plain text (one example per line), gzipped text (`.gz`) or JSON Lines
 with `--jsonl_text_fields title,text`, which reads a BEIR `corpus.jsonl`). The corpus is
 streamed twice: the first pass checks and counts every line and stores a 64-bit hash per usable
 line in temporary bucket files, the second pass writes each line to its split. Peak memory
-therefore does not depend on the corpus size, apart from two bit masks of one bit per line.
+therefore does not depend on the corpus size, apart from bit masks of one bit per line. The
+bucket files take 16 bytes per line in the system's temporary directory (set TMPDIR to move them).
 """
 
 import json
@@ -71,7 +72,9 @@ class InputArguments:
     )
     encoding: str = field(
         default="utf-8",
-        metadata={"help": "Text encoding of the input files (a Python codec name). A UTF-8 byte-order mark is removed."},
+        metadata={
+            "help": "Text encoding of the input files (a Python codec name). A UTF-8 byte-order mark is removed."
+        },
     )
     min_chars: int = field(
         default=1,
@@ -98,7 +101,7 @@ class OutputArguments:
     validation_split: float = field(
         default=0.01,
         metadata={
-            "help": "Fraction of the usable lines written to validation.csv, in [0, 1). The validation set holds "
+            "help": "Fraction of the usable lines written to validation.csv, in [0, 1). The validation set contains "
             "exactly floor(lines * fraction) lines chosen at random with --seed; 0 writes no validation file."
         },
     )
@@ -126,7 +129,7 @@ def check_arguments(inputs: InputArguments, outputs: OutputArguments) -> tuple[l
     for path in files:
         if is_jsonl_path(path) and fields is None:
             raise ValueError(
-                f"{path} is JSON Lines; name the fields that hold the text, e.g. --jsonl_text_fields title,text."
+                f"{path} is JSON Lines; name the fields that contain the text, e.g. --jsonl_text_fields title,text."
             )
         if path.stat().st_size == 0:
             raise ValueError(f"Input file {str(path)!r} is empty; remove it from --input_files or fill it.")
@@ -163,7 +166,8 @@ def jsonl_texts(lines: list[str], path: Path, first_line_number: int, fields: li
             value = record[name]
             if not isinstance(value, str):
                 raise ValueError(
-                    f"{path}, line {line_number}: field {name!r} is {type(value).__name__} {value!r}, expected a string."
+                    f"{path}, line {line_number}: field {name!r} is {type(value).__name__} {value!r}, "
+                    "expected a string."
                 )
             if value.strip():
                 parts.append(value.strip())
@@ -171,7 +175,9 @@ def jsonl_texts(lines: list[str], path: Path, first_line_number: int, fields: li
     return texts
 
 
-def iter_escaped_texts(path: Path, encoding: str, fields: list[str] | None, progress) -> Iterator[tuple[list[str], int]]:
+def iter_escaped_texts(
+    path: Path, encoding: str, fields: list[str] | None, progress
+) -> Iterator[tuple[list[str], int]]:
     """Yield `(texts, first_line_number)` per block of `path`, one text per physical line, quotes doubled.
 
     Each text comes with every double quote doubled, as it appears between the quotes of a CSV
@@ -191,7 +197,9 @@ def usable_mask(escaped_texts: list[str], min_chars: int) -> tuple[np.ndarray, n
     lengths = visible_lengths(escaped_texts)
     if min_chars > 1 and any('"' in text for text in escaped_texts):
         # Each quote of the original text counts once.
-        lengths -= np.fromiter(map(str.count, escaped_texts, repeat('"')), dtype=np.int64, count=len(escaped_texts)) // 2
+        lengths -= (
+            np.fromiter(map(str.count, escaped_texts, repeat('"')), dtype=np.int64, count=len(escaped_texts)) // 2
+        )
     blank = lengths == 0
     too_short = ~blank & (lengths < min_chars)
     return ~(blank | too_short), blank, too_short
@@ -448,7 +456,11 @@ def main(args: list[str] | None = None) -> dict:
         validation_mask = choose_validation_mask(kept, validation_count, outputs.seed)
         logger.info(
             "Validation: %d of %d lines (floor(%d * %r)), seed %d.",
-            validation_count, kept, kept, outputs.validation_split, outputs.seed,
+            validation_count,
+            kept,
+            kept,
+            outputs.validation_split,
+            outputs.seed,
         )
 
     # 5. Second pass: write the CSVs under temporary names, check the counts, then rename them.

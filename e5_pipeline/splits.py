@@ -58,7 +58,9 @@ def choose_validation_mask(total: int, size: int, seed: int) -> np.ndarray:
         if picks_left == 0:
             break
         block = min(SAMPLING_BLOCK, total - start)
-        picks = picks_left if block == units_left else int(rng.hypergeometric(picks_left, units_left - picks_left, block))
+        picks = (
+            picks_left if block == units_left else int(rng.hypergeometric(picks_left, units_left - picks_left, block))
+        )
         chosen = np.zeros(block, dtype=bool)
         chosen[rng.choice(block, picks, replace=False)] = True
         packed = np.packbits(chosen)

@@ -111,7 +111,9 @@ def expand_input_paths(patterns: Sequence[str]) -> list[Path]:
     return files
 
 
-def check_output_dir(output_dir: str | os.PathLike, input_paths: Sequence[str | os.PathLike], output_names: Sequence[str]) -> None:
+def check_output_dir(
+    output_dir: str | os.PathLike, input_paths: Sequence[str | os.PathLike], output_names: Sequence[str]
+) -> None:
     """Raise ValueError if `output_dir` is one of the input paths or an output file would overwrite an input file."""
     output_dir = Path(output_dir).resolve()
     outputs = {output_dir / name for name in output_names}
@@ -154,7 +156,9 @@ def iter_text_blocks(path: str | os.PathLike, encoding: str, progress=None) -> I
             try:
                 chunk = stream.read(BLOCK_SIZE)
             except (gzip.BadGzipFile, EOFError, OSError) as error:
-                raise ValueError(f"{path}: invalid gzip data ({error}); check the file or remove the .gz suffix.") from None
+                raise ValueError(
+                    f"{path}: invalid gzip data ({error}); check the file or remove the .gz suffix."
+                ) from None
             data = pending + chunk if pending else chunk
             if chunk:
                 cut = data.rfind(b"\n") + 1

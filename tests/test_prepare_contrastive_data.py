@@ -66,9 +66,20 @@ def test_tsv_quotes_are_text_and_crlf(tmp_path):
 def test_no_header_column_indices(tmp_path):
     source = write_tsv(tmp_path / "pairs.tsv", [("id1", "p1", "q1"), ("id2", "p2", "q2")], header=None)
     stats = run(
-        tmp_path / "out", "--input_file", source, "--no_header", "--input_query_col_idx", "2",
-        "--input_positive_col_idx", "1", "--validation_split", "0", "--query_column_out", "anchor",
-        "--positive_column_out", "text",
+        tmp_path / "out",
+        "--input_file",
+        source,
+        "--no_header",
+        "--input_query_col_idx",
+        "2",
+        "--input_positive_col_idx",
+        "1",
+        "--validation_split",
+        "0",
+        "--query_column_out",
+        "anchor",
+        "--positive_column_out",
+        "text",
     )
 
     assert read_pairs(tmp_path / "out", "train", ("anchor", "text")) == [("q1", "p1"), ("q2", "p2")]
@@ -79,8 +90,15 @@ def test_header_names_with_byte_order_mark(tmp_path):
     text = "\ufeffid\tpassage\tquestion\n1\tp1\tq1\n2\tp2\tq2\n"
     source = write_text(tmp_path / "pairs.tsv", text)
     run(
-        tmp_path / "out", "--input_file", source, "--input_query_column", "question",
-        "--input_positive_column", "passage", "--validation_split", "0",
+        tmp_path / "out",
+        "--input_file",
+        source,
+        "--input_query_column",
+        "question",
+        "--input_positive_column",
+        "passage",
+        "--validation_split",
+        "0",
     )
 
     assert read_pairs(tmp_path / "out", "train") == [("q1", "p1"), ("q2", "p2")]
@@ -183,7 +201,10 @@ def test_beir_pairs_and_drops(tmp_path):
     beir_dir = write_beir(tmp_path / "beir", corpus, queries, qrels)
     stats = run(tmp_path / "out", "--beir_dir", beir_dir, "--validation_split", "0")
 
-    assert read_pairs(tmp_path / "out", "train") == [("first query", "Title one text one"), ("second query", "text two")]
+    assert read_pairs(tmp_path / "out", "train") == [
+        ("first query", "Title one text one"),
+        ("second query", "text two"),
+    ]
     assert stats["rows_read"] == {str(beir_dir / "qrels" / "train.tsv"): 6}
     assert stats["rows_dropped"] == {
         "score_below_min_score": 1,
@@ -209,15 +230,32 @@ def test_beir_min_score(tmp_path):
 @pytest.mark.parametrize(
     ("text", "extra", "message"),
     [
-        ("query\tpositive\nq1\tp1\nq2\tp2\textra\n", [], r"pairs.tsv, line 3: expected 2 fields separated by '\\t' \(as on line 1\), found 3: \['q2', 'p2', 'extra'\]"),
+        (
+            "query\tpositive\nq1\tp1\nq2\tp2\textra\n",
+            [],
+            r"pairs.tsv, line 3: expected 2 fields separated by '\\t' \(as on line 1\), "
+            r"found 3: \['q2', 'p2', 'extra'\]",
+        ),
         ('query,positive\nq1,p1\n"q2,p2\nq3,p3\n', ["--delimiter", ","], r"pairs.tsv, line 3: unclosed quote"),
-        ("query \tpositive\nq1\tp1\nq2\tp2\n", ["--input_query_column", "query"], r"column 'query' \(--input_query_column\) not found; the header has 'query ', 'positive'"),
-        ("query\tpositive\nq1\tp1\nq2\tp2\n", ["--input_positive_col_idx", "5"], r"--input_positive_col_idx 5 is out of range: .*pairs.tsv, line 1 has 2 field\(s\) \['query', 'positive'\]"),
+        (
+            "query \tpositive\nq1\tp1\nq2\tp2\n",
+            ["--input_query_column", "query"],
+            r"column 'query' \(--input_query_column\) not found; the header has 'query ', 'positive'",
+        ),
+        (
+            "query\tpositive\nq1\tp1\nq2\tp2\n",
+            ["--input_positive_col_idx", "5"],
+            r"--input_positive_col_idx 5 is out of range: .*pairs.tsv, line 1 has 2 field\(s\) \['query', 'positive'\]",
+        ),
         ("query\tpositive\nq1\tp1\n", [], r"Only 1 usable pair\(s\)"),
         ("query\tpositive\nq1\tp1\nq1\tp1\n", [], r"Only 1 usable pair\(s\) .*'duplicate_pair': 1"),
         ("query\tpositive\n", [], r"Only 0 usable pair\(s\)"),
         ("", [], r"is empty"),
-        ("query\tpositive\nq1\tp1\nq2\tp2\n", ["--validation_split", "0.2"], r"--validation_split 0.2 of 2 queries leaves 0 validation queries"),
+        (
+            "query\tpositive\nq1\tp1\nq2\tp2\n",
+            ["--validation_split", "0.2"],
+            r"--validation_split 0.2 of 2 queries leaves 0 validation queries",
+        ),
         ("query\tpositive\nq1\tp1\nq2\tp2\n", ["--validation_split", "-0.1"], r"not a fraction in \[0, 1\)"),
         ("query\tpositive\nq1\tp1\n", ["--input_query_col_idx", "1"], r"are both 1; the query and the positive"),
         ("query\tpositive\nq1\tp1\n", ["--no_header", "--input_query_column", "query"], r"--no_header is set"),

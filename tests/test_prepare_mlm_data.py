@@ -174,7 +174,9 @@ def test_directory_glob_gzip_and_jsonl(tmp_path):
     write_lines(extra / "d1.txt", ["from d1"])
     write_lines(extra / "d2.txt", ["from d2"])
 
-    stats = run([data, str(extra / "d*.txt")], tmp_path / "out", "--validation_split", "0", "--jsonl_text_fields", "title,text")
+    stats = run(
+        [data, str(extra / "d*.txt")], tmp_path / "out", "--validation_split", "0", "--jsonl_text_fields", "title,text"
+    )
 
     expected = ["from a", "from b, gzipped", "second of b", "Title body one", "body two", "from d1", "from d2"]
     assert read_split(tmp_path / "out", "train") == expected
@@ -294,10 +296,20 @@ def test_decoding_error_offset_in_later_block(tmp_path, monkeypatch):
             ValueError,
             r"--validation_split 0.05 of 10 lines leaves 0 validation lines .*at least 0.1 \(1/10\)",
         ),
-        (lambda tmp: [write_lines(tmp / "a.txt", ["x"])], ["--validation_split", "1"], ValueError, r"not a fraction in \[0, 1\)"),
+        (
+            lambda tmp: [write_lines(tmp / "a.txt", ["x"])],
+            ["--validation_split", "1"],
+            ValueError,
+            r"not a fraction in \[0, 1\)",
+        ),
         (lambda tmp: [write_lines(tmp / "a.txt", ["x"])], ["--encoding", "utf-16"], ValueError, r"ASCII-compatible"),
         (lambda tmp: [write_lines(tmp / "a.txt", ["x"])], ["--encoding", "nope"], ValueError, r"not a known codec"),
-        (lambda tmp: [write_lines(tmp / "a.txt", ["x"])], ["--min_chars", "-1"], ValueError, r"--min_chars -1 is negative"),
+        (
+            lambda tmp: [write_lines(tmp / "a.txt", ["x"])],
+            ["--min_chars", "-1"],
+            ValueError,
+            r"--min_chars -1 is negative",
+        ),
     ],
 )
 def test_bad_input_writes_nothing(tmp_path, make_input, extra, error, message):
