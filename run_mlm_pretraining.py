@@ -14,10 +14,12 @@ From scratch, fully offline, with a WordPiece tokenizer trained on the training 
         --train_tokenizer_vocab_size 2000 --train_file data/mlm/train.csv --output_dir outputs/mlm-scratch \
         --do_train --do_eval
 
-Writes to `--output_dir`: `checkpoint-<step>/` folders while training; the final masked-LM model
-and tokenizer; `sentence-transformer-format/` (Transformer + mean Pooling); `train_results.json`,
-`eval_results.json` and `all_results.json` (`train_loss`, `eval_loss`, `perplexity`, sample and
-token counts); `mlm_run_settings.json`, which a resumed run must match.
+Writes to `--output_dir`:
+- `checkpoint-<step>/` folders while training, and the final masked-LM model and tokenizer;
+- `sentence-transformer-format/`, the model as Transformer + mean Pooling;
+- `train_results.json`, `eval_results.json` and `all_results.json` with `train_loss`,
+  `eval_loss`, `perplexity` and sample and token counts;
+- `mlm_run_settings.json`, the settings that a resumed run must match.
 """
 
 import itertools
@@ -30,6 +32,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import accelerate
 import datasets
 import torch
 import transformers
@@ -47,6 +50,7 @@ from e5_pipeline.csv_io import load_csv_dataset
 from e5_pipeline.logging_utils import setup_logging, write_json
 from e5_pipeline.mlm_training import (
     MaskedLMTrainer,
+    head_parameter_names,
     OffsetPaddingCollator,
     is_complete_checkpoint,
     latest_complete_checkpoint,
@@ -61,7 +65,7 @@ logger = logging.getLogger(__name__)
 
 SENTENCE_TRANSFORMER_DIRNAME = "sentence-transformer-format"
 RUN_SETTINGS_FILENAME = "mlm_run_settings.json"
-# Where the main process saves a tokenizer it trained, for the other processes to load.
+# Folder of a tokenizer trained by the main process, which the other processes load.
 TRAINED_TOKENIZER_DIRNAME = "trained-tokenizer"
 # Default block length when --max_seq_length is unset, if the model allows that many tokens.
 DEFAULT_MAX_SEQ_LENGTH = 512
@@ -69,7 +73,7 @@ DEFAULT_MAX_SEQ_LENGTH = 512
 
 @dataclass
 class ModelArguments:
-    """Which model, configuration and tokenizer to start from."""
+    """Model, configuration and tokenizer to start from."""
 
     model_name_or_path: str | None = field(
         default=None,
@@ -118,7 +122,7 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    """Which texts to train and evaluate on, and how to cut them into model inputs."""
+    """Training and validation texts, and how they become model inputs."""
 
     train_file: str | None = field(default=None, metadata={"help": "CSV of training texts, as prepare_mlm_data.py writes it."})
     validation_file: str | None = field(default=None, metadata={"help": "CSV of validation texts, same layout."})
@@ -159,7 +163,7 @@ class DataArguments:
 
 @dataclass
 class RunArguments:
-    """How this run treats an output folder that already holds checkpoints or a finished model."""
+    """Treatment of an output folder that already contains checkpoints or a finished model."""
 
     overwrite_output: bool = field(
         default=False,
@@ -228,7 +232,7 @@ def find_resume_checkpoint(
 
     Raises:
         FileNotFoundError: --resume_from_checkpoint names a missing or incomplete folder.
-        ValueError: --output_dir holds checkpoints or a finished model of another run.
+        ValueError: --output_dir contains checkpoints or a finished model of another run.
     """
     output_dir = Path(training_args.output_dir)
     settings_path = output_dir / RUN_SETTINGS_FILENAME
@@ -264,7 +268,7 @@ def find_resume_checkpoint(
     latest = latest_complete_checkpoint(output_dir)
     if latest is None:
         raise ValueError(
-            f"--output_dir {str(output_dir)!r} holds {len(checkpoints)} checkpoint folder(s) but none is complete. "
+            f"--output_dir {str(output_dir)!r} contains {len(checkpoints)} checkpoint folder(s) but none is complete. "
             "Pass --overwrite_output to delete them and start over, or choose another --output_dir."
         )
     return str(latest)
@@ -274,7 +278,7 @@ def check_same_run(settings_path: Path, run_settings: dict) -> None:
     """Reject resuming when the output folder was written by a run with other settings (or unknown ones)."""
     if not settings_path.is_file():
         raise ValueError(
-            f"{settings_path.parent} holds checkpoints or results but no {settings_path.name}, so they may come from "
+            f"{settings_path.parent} contains checkpoints or results but no {settings_path.name}, so they may come from "
             "another run. Pass --overwrite_output to delete them and start over, or choose another --output_dir."
         )
     saved = json.loads(settings_path.read_text(encoding="utf-8"))
@@ -283,7 +287,7 @@ def check_same_run(settings_path: Path, run_settings: dict) -> None:
     ]
     if differences:
         raise ValueError(
-            f"{settings_path.parent} holds checkpoints of another run ({'; '.join(differences)}). Pass "
+            f"{settings_path.parent} contains checkpoints of another run ({'; '.join(differences)}). Pass "
             "--overwrite_output to delete them and start over, or choose another --output_dir."
         )
 
@@ -380,8 +384,8 @@ def load_tokenizer(
     return tokenizer
 
 
-def load_model(model_args: ModelArguments, tokenizer) -> tuple[torch.nn.Module, list[str]]:
-    """Load or build the masked-LM model and return it with the names of its newly initialised head parameters."""
+def load_model(model_args: ModelArguments, tokenizer) -> tuple[torch.nn.Module, bool]:
+    """Load or build the masked-LM model, and tell whether a loaded checkpoint lacked the MLM head."""
     hub_kwargs = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token}
     if model_args.model_type is not None:
         if model_args.config_name is not None:
@@ -396,7 +400,7 @@ def load_model(model_args: ModelArguments, tokenizer) -> tuple[torch.nn.Module, 
         logger.info(
             "Built a %s from scratch with %.1fM parameters.", type(model).__name__, model.num_parameters() / 1e6
         )
-        return model, []
+        return model, False
 
     config = AutoConfig.from_pretrained(
         model_args.config_name or model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code, **hub_kwargs
@@ -408,15 +412,15 @@ def load_model(model_args: ModelArguments, tokenizer) -> tuple[torch.nn.Module, 
         trust_remote_code=model_args.trust_remote_code,
         **hub_kwargs,
     )
-    head_parameter_names = new_head_parameter_names(model, loading_info["missing_keys"])
-    if head_parameter_names:
+    new_head_names = new_head_parameter_names(model, loading_info["missing_keys"])
+    if new_head_names:
         logger.warning(
-            "%s has no MLM head: %s are newly initialised. Its first gradients can scramble the pretrained encoder; "
-            "--head_warmup_steps trains the head alone first.",
+            "%s has no MLM head: %s are newly initialised. Its first gradients can scramble the pretrained encoder, "
+            "so --head_warmup_steps trains the head alone first.",
             model_args.model_name_or_path,
-            ", ".join(head_parameter_names),
+            ", ".join(new_head_names),
         )
-    return model, head_parameter_names
+    return model, bool(new_head_names)
 
 
 def clamp_max_seq_length(requested: int | None, tokenizer, model) -> int:
@@ -424,7 +428,7 @@ def clamp_max_seq_length(requested: int | None, tokenizer, model) -> int:
     limits = [tokenizer.model_max_length]
     max_positions = getattr(model.config, "max_position_embeddings", None)
     if max_positions is not None:
-        # NOTE: RoBERTa-style models reserve two positions, which their tokenizer's limit (514 - 2) already reflects.
+        # RoBERTa-style models reserve two of their 514 positions; their tokenizer's limit of 512 accounts for that.
         limits.append(max_positions)
     limit = min(limits)
     if requested is None:
@@ -547,8 +551,19 @@ def main(args: list[str] | None = None) -> dict:
         training_args.bf16,
         training_args.fp16,
     )
+    launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched_processes != training_args.world_size:
+        raise ValueError(
+            f"The launcher started {launched_processes} processes but training would run with a world size of "
+            f"{training_args.world_size}, so every process would train and write alone. Without a GPU, pass "
+            "--use_cpu so that the processes train together on CPUs over gloo."
+        )
     logger.info(
-        "Versions: torch %s, transformers %s, datasets %s.", torch.__version__, transformers.__version__, datasets.__version__
+        "Versions: torch %s, transformers %s, datasets %s, accelerate %s.",
+        torch.__version__,
+        transformers.__version__,
+        datasets.__version__,
+        accelerate.__version__,
     )
     logger.info("Model arguments %s", model_args)
     logger.info("Data arguments %s", data_args)
@@ -577,7 +592,7 @@ def main(args: list[str] | None = None) -> dict:
         )
     if data_args.whole_word_mask and not tokenizer.is_fast:
         raise ValueError("--whole_word_mask needs a fast tokenizer (it reads token offsets); this one is not.")
-    model, head_parameter_names = load_model(model_args, tokenizer)
+    model, head_is_new = load_model(model_args, tokenizer)
     embedding_rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > embedding_rows:
         logger.warning(
@@ -607,8 +622,8 @@ def main(args: list[str] | None = None) -> dict:
         whole_word_mask=data_args.whole_word_mask,
         pad_to_multiple_of=max_seq_length if data_args.pad_to_max_length else None,
     )
-    # The datasets hold only columns that the model or the collator reads (special_tokens_mask and
-    # offset_mapping feed the masking), so none may be removed for missing from the forward signature.
+    # Every dataset column is read by the model or by the collator, which masks with special_tokens_mask
+    # and offset_mapping, so Trainer must not drop the columns that the forward signature lacks.
     training_args.remove_unused_columns = False
     trainer = MaskedLMTrainer(
         model=model,
@@ -617,7 +632,8 @@ def main(args: list[str] | None = None) -> dict:
         eval_dataset=tokenized["validation"] if training_args.do_eval else None,
         processing_class=tokenizer,
         data_collator=data_collator,
-        head_parameter_names=head_parameter_names,
+        head_parameter_names=head_parameter_names(model),
+        head_is_new=head_is_new,
         head_warmup_steps=model_args.head_warmup_steps,
     )
     global_batch = (

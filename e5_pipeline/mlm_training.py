@@ -1,8 +1,8 @@
 """Pieces of the MLM stage that `run_mlm_pretraining.py` keeps out of its `main()`.
 
-A `Trainer` subclass that computes the masked-only MLM loss, stops on a non-finite loss and can
-train a new head alone for its first steps; checkpoint discovery; WordPiece tokenizer training;
-and the collator padding that whole-word masking needs in line-by-line mode.
+The module contains a `Trainer` subclass that computes the masked-only MLM loss, stops on a
+non-finite loss and can train a new head alone for its first steps. It also finds checkpoints,
+trains WordPiece tokenizers and pads the offsets that whole-word masking reads.
 """
 
 import contextlib
@@ -45,7 +45,7 @@ def perplexity(loss: float) -> float:
 
 
 def is_complete_checkpoint(path: str | os.PathLike) -> bool:
-    """Tell whether a `checkpoint-*` folder holds weights and `trainer_state.json`.
+    """Tell whether a `checkpoint-*` folder contains weights and `trainer_state.json`.
 
     `Trainer` writes `trainer_state.json` after the weights, optimizer and scheduler, so a folder
     without it was cut short by a crash.
@@ -73,15 +73,23 @@ def latest_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return None
 
 
+def head_parameter_names(model: nn.Module) -> list[str]:
+    """Return the names of `model`'s parameters outside its base encoder (the task head).
+
+    A head weight tied to the input embeddings is listed under its encoder name, so it stays out.
+    """
+    prefix = f"{model.base_model_prefix}."
+    return [name for name, _ in model.named_parameters() if not name.startswith(prefix)]
+
+
 def new_head_parameter_names(model: nn.Module, missing_keys: Iterable[str]) -> list[str]:
-    """Return the names of `model`'s parameters outside its base encoder that the checkpoint lacked.
+    """Return the names of `model`'s head parameters that the checkpoint lacked.
 
     An embedding checkpoint such as all-MiniLM-L6-v2 stores only the encoder, so the MLM head's
     weights appear among the missing keys of `from_pretrained(..., output_loading_info=True)`.
     """
-    prefix = f"{model.base_model_prefix}."
-    parameter_names = {name for name, _ in model.named_parameters()}
-    return sorted(name for name in missing_keys if not name.startswith(prefix) and name in parameter_names)
+    missing_keys = set(missing_keys)
+    return sorted(name for name in head_parameter_names(model) if name in missing_keys)
 
 
 def train_wordpiece_tokenizer(texts: Iterator[str], vocab_size: int, model_max_length: int) -> BertTokenizerFast:
@@ -155,7 +163,14 @@ class MaskedLMTrainer(Trainer):
       update, no weight decay, their moments stay at zero until the encoder starts).
     """
 
-    def __init__(self, *args, head_parameter_names: list[str] | None = None, head_warmup_steps: int | None = 0, **kwargs):
+    def __init__(
+        self,
+        *args,
+        head_parameter_names: list[str] | None = None,
+        head_is_new: bool = False,
+        head_warmup_steps: int | None = 0,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.use_masked_only_head = supports_masked_only_head(self.model) and self.args.n_gpu <= 1
         if self.use_masked_only_head:
@@ -169,6 +184,7 @@ class MaskedLMTrainer(Trainer):
                 "Using the stock MLM loss: masked-only logits are not implemented for %s.", type(self.model).__name__
             )
         self.head_parameter_names = set(head_parameter_names or [])
+        self.head_is_new = head_is_new
         self.requested_head_warmup_steps = head_warmup_steps
         self.head_warmup_steps: int | None = None
 
@@ -206,14 +222,14 @@ class MaskedLMTrainer(Trainer):
             raise NonFiniteLossError(
                 f"The training loss became {loss.item()} at step {step} (learning rate "
                 f"{self._get_learning_rate():.3g}); training stopped and no final model was saved. "
-                "Lower --learning_rate, raise --warmup_steps or set --max_grad_norm, then resume from the last "
-                "checkpoint or start over with --overwrite_output."
+                "Lower --learning_rate or raise --warmup_steps, then resume from the last checkpoint or start "
+                "over with --overwrite_output."
             )
 
     def _resolve_head_warmup_steps(self) -> int:
         if self.head_warmup_steps is None:
             self.head_warmup_steps = resolve_head_warmup_steps(
-                self.requested_head_warmup_steps, bool(self.head_parameter_names), self.state.max_steps
+                self.requested_head_warmup_steps, self.head_is_new, self.state.max_steps
             )
         return self.head_warmup_steps
 
