@@ -12,9 +12,9 @@ Or the validation CSV of the contrastive stage (columns `query`, `positive`), wh
 the corpus, with more passages from `--corpus_file` as distractors.
 
 Each model is a `NAME=PATH` pair. A sentence-transformers folder is loaded as saved; a plain
-transformers folder or hub name gets mean pooling (zero-shot). Every model sees the same prefixed
+transformers folder or hub name gets mean pooling (zero-shot). Every model encodes the same prefixed
 texts and is scored by cosine similarity. BM25 (the `bm25s` library, English stemmer and stop
-words) sees the texts without prefixes. Metrics: nDCG@10 with gains 2^score - 1, MRR@10 and
+words) ranks the texts without prefixes. Metrics: nDCG@10 with gains 2^score - 1, MRR@10 and
 Recall@100; CSV pairs count as score 1.
 
 Writes `report.json` (counts, settings and metrics per retriever) and `report.md` (the same

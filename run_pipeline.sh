@@ -273,7 +273,7 @@ if [[ "$SKIP_MLM" == 0 ]]; then
       --per_device_eval_batch_size "$MLM_BATCH_SIZE" --learning_rate "$MLM_LEARNING_RATE" \
       --warmup_steps "$MLM_WARMUP_STEPS" --max_seq_length "$MLM_MAX_SEQ_LENGTH" \
       --save_strategy steps --save_steps "$MLM_SAVE_STEPS" --save_total_limit 2 \
-      --logging_steps 10 --report_to none --seed "$SEED" "${mlm_extra_args[@]}"
+      --logging_steps 10 --log_level info --report_to none --seed "$SEED" "${mlm_extra_args[@]}"
   fi
 fi
 
