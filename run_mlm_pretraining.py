@@ -112,10 +112,11 @@ class ModelArguments:
     head_warmup_steps: int | None = field(
         default=None,
         metadata={
-            "help": "Optimizer steps at the start of training during which only a newly initialised MLM head trains "
-            "and the encoder stays frozen. Unset (default): 10%% of all steps when the checkpoint has no MLM head "
-            "(an embedding model such as all-MiniLM), else 0. The steps count toward the run's steps and its "
-            "learning-rate schedule."
+            "help": "Optimizer steps at the start of training during which only the MLM head trains and the encoder "
+            "stays frozen. Unset (default): 10%% of all steps when the checkpoint has no MLM head (an embedding "
+            "model such as all-MiniLM), else 0. These steps count toward --max_steps or --num_train_epochs, and the "
+            "learning-rate schedule spans the whole run, so the encoder starts at the rate the schedule has "
+            "reached then; set --warmup_steps above this value to start it low."
         },
     )
 

@@ -175,6 +175,8 @@ class MaskedLMTrainer(Trainer):
         self.use_masked_only_head = supports_masked_only_head(self.model) and self.args.n_gpu <= 1
         if self.use_masked_only_head:
             # `masked_only_mlm_loss` returns a per-batch mean, so Trainer must divide by the accumulation steps.
+            # NOTE: the stock loss weights accumulated micro-batches by their masked-token counts instead; the
+            # two agree only without gradient accumulation or with equal counts.
             self.loss_is_scaled_for_ga = False
         elif supports_masked_only_head(self.model):
             # DataParallel replicas would all call the forward bound to the original module.
