@@ -9,13 +9,18 @@ from typing import Any
 
 
 def setup_logging(level: int = logging.INFO, main_process: bool = True) -> None:
-    """Configure the root logger; processes other than the main one log warnings and errors only."""
+    """Configure the root logger; processes other than the main one log warnings and errors only.
+
+    A handler that is already installed (pytest's log capture, an embedding application's) is
+    kept, and only the level changes.
+    """
+    effective_level = level if main_process else logging.WARNING
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
         datefmt="%Y-%m-%d %H:%M:%S",
-        level=level if main_process else logging.WARNING,
-        force=True,
+        level=effective_level,
     )
+    logging.getLogger().setLevel(effective_level)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
