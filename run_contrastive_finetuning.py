@@ -9,10 +9,13 @@ Example:
         --prefix_query "query: " --prefix_passage "passage: " \
         --output_dir contrastive-output --num_train_epochs 3 --per_device_train_batch_size 32
 
-Writes to --output_dir: the final model (a sentence-transformers folder whose prompts "query" and
-"passage" are the two prefixes), `eval_results.json` (retrieval metrics on the validation pairs
-before and after training, plus counts), `checkpoints/checkpoint-<step>` folders for resuming, and
-with --save_best_model the best model of the evaluations during training in `best/`.
+Writes to --output_dir:
+- the final model, a sentence-transformers folder whose prompts "query" and "passage" are the two
+  prefixes;
+- `eval_results.json`, the retrieval metrics on the validation pairs before and after training,
+  with counts;
+- `checkpoints/checkpoint-<step>` folders for resuming;
+- with --save_best_model, the best model of the evaluations during training in `best/`.
 
 Training runs `SentenceTransformer.fit` with a no-duplicates batch sampler and
 MultipleNegativesRankingLoss (or its cached variant with --mini_batch_size). `fit` builds a
@@ -197,7 +200,7 @@ class FinetuningArguments:
 
 
 def parse_arguments(args: list[str] | None) -> tuple[ModelArguments, DataArguments, FinetuningArguments]:
-    """Parse and check the command line; every check here runs before any file is read."""
+    """Parse the command line and check it before any file is read."""
     parser = HfArgumentParser((ModelArguments, DataArguments, FinetuningArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=args)
 
@@ -255,7 +258,7 @@ def check_checkpoints(checkpoint_dir: Path, resume: bool) -> None:
         )
     if not resume and checkpoints:
         raise ValueError(
-            f"{str(checkpoint_dir)!r} holds checkpoints of an earlier run ({checkpoints[-1].name}, ...). "
+            f"{str(checkpoint_dir)!r} contains checkpoints of an earlier run ({checkpoints[-1].name}, ...). "
             "Pass --resume_from_checkpoint to continue it, or use a new --output_dir."
         )
 
@@ -285,7 +288,7 @@ def prefix_pairs(
     prefixed_positives, positives_with_prefix = add_prefix_once(positives, prefix_passage)
     if queries_with_prefix or positives_with_prefix:
         logger.info(
-            "%s: %d of %d queries already started with %r and %d of %d passages with %r; those were left as they are.",
+            "%s: %d of %d queries already started with %r and %d of %d passages with %r, so those were left unchanged.",
             split,
             queries_with_prefix,
             len(queries),
@@ -315,18 +318,19 @@ def check_batch_size(queries: list[str], positives: list[str], batch_size: int) 
     else:
         problem = (
             f"the training data has {num_queries} distinct queries and {num_passages} distinct passages, "
-            "but a batch may not hold the same text twice"
+            "but a batch may not contain the same text twice"
         )
-    raise ValueError(
-        f"--per_device_train_batch_size {batch_size} is too large: {problem}. "
-        f"Use --per_device_train_batch_size {largest} or less, or add training pairs."
-    )
+    if largest < 2:
+        fix = "Add training pairs: in-batch negatives need at least 2 distinct queries and 2 distinct passages."
+    else:
+        fix = f"Use --per_device_train_batch_size {largest} or less, or add training pairs."
+    raise ValueError(f"--per_device_train_batch_size {batch_size} is too large: {problem}. {fix}")
 
 
 def warn_about_repeated_texts(queries: list[str], positives: list[str], batch_size: int) -> None:
     """Warn when a text repeats in more rows than an epoch has batches, so some rows must wait.
 
-    A batch never holds the same text twice, so a query with k rows needs k batches. The trainer
+    A batch never contains the same text twice, so a query with k rows needs k batches. The trainer
     stops an epoch after ceil(rows / batch size) batches, and rows that did not fit wait for the
     next epoch (the order is reshuffled every epoch).
     """
@@ -336,7 +340,7 @@ def warn_about_repeated_texts(queries: list[str], positives: list[str], batch_si
     if rows_that_wait:
         text, count = counts.most_common(1)[0]
         logger.warning(
-            "%r is in %d training rows but an epoch has %d batches, and a batch holds each text once: at least "
+            "%r is in %d training rows but an epoch has %d batches, and a batch contains each text at most once, so at least "
             "%d rows cannot train in each epoch. Lower --per_device_train_batch_size to %d or less to avoid that.",
             text[:80],
             count,
@@ -344,8 +348,8 @@ def warn_about_repeated_texts(queries: list[str], positives: list[str], batch_si
             rows_that_wait,
             max(1, len(queries) // count),
         )
-    # NOTE: this count is a lower bound; the sampler fills batches greedily, so near the end of an
-    # epoch a few more rows can wait when many texts repeat.
+    # NOTE: this count is a lower bound. The sampler fills batches greedily, so when many texts
+    # repeat, a few more rows can miss the last batch of an epoch.
 
 
 class EveryRowNoDuplicatesDataLoader(NoDuplicatesDataLoader):
@@ -420,7 +424,8 @@ def build_evaluator(
 def evaluate(evaluator: InformationRetrievalEvaluator, model: SentenceTransformer, when: str) -> dict[str, float]:
     """Run the evaluator and return REPORTED_METRICS for its primary score function."""
     metrics = evaluator(model)
-    # The primary metric is "<prefix>_<score function>_ndcg@10"; its first part names the score function.
+    # The primary metric is named "<evaluator name>_<score function>_ndcg@10", and the other
+    # metrics of the same score function share everything before "ndcg@10".
     score_prefix = evaluator.primary_metric.removesuffix("ndcg@10")
     reported = {name: float(metrics[score_prefix + name]) for name in REPORTED_METRICS}
     logger.info("Validation %s: %s", when, ", ".join(f"{name} {value:.4f}" for name, value in reported.items()))
@@ -461,6 +466,7 @@ def train(
         warmup_steps,
     )
 
+    # `fit` passes these keyword arguments; `warmup_steps` is the value computed above.
     def linear_schedule_over_all_steps(optimizer, scheduler, warmup_steps, t_total):
         return get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
 
@@ -521,6 +527,7 @@ def main(args: list[str] | None = None) -> None:
         data_args.train_file, data_args.query_column, data_args.positive_column, "train"
     )
     if data_args.max_train_samples is not None and data_args.max_train_samples < len(train_queries):
+        logger.info("--max_train_samples: keeping the first %d of %d rows.", data_args.max_train_samples, len(train_queries))
         train_queries = train_queries[: data_args.max_train_samples]
         train_positives = train_positives[: data_args.max_train_samples]
     train_queries, train_positives = prefix_pairs(

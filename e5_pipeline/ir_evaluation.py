@@ -39,7 +39,7 @@ def build_retrieval_evaluation_data(
     distractor with the same text as a positive is that positive's corpus entry, not a second one.
     """
     if len(queries) != len(positives):
-        raise ValueError(f"got {len(queries)} queries but {len(positives)} positives; they must pair up.")
+        raise ValueError(f"expected one positive per query, got {len(queries)} queries and {len(positives)} positives.")
     query_ids: dict[str, str] = {}
     corpus_ids: dict[str, str] = {}
     relevant_docs: dict[str, set[str]] = {}
@@ -61,7 +61,7 @@ def build_retrieval_evaluation_data(
 def load_distractor_passages(path: str | os.PathLike, csv_column: str = "text") -> list[str]:
     """Read the passages of a BEIR `corpus.jsonl`, a CSV file (column `csv_column`) or a text file.
 
-    A text file (`.txt`) holds one passage per line. Empty passages are left out with a WARNING
+    A text file (`.txt`) contains one passage per line. Empty passages are left out with a WARNING
     that counts them.
 
     Raises:
