@@ -298,7 +298,7 @@ def test_cached_loss_same_gradients(tiny_sentence_transformer_dir):
         torch.testing.assert_close(cached[name], plain[name], atol=1e-5, rtol=0, msg=name)
 
 
-def test_resume_continues_from_checkpoint(tiny_sentence_transformer_dir, pair_files, tmp_path, capsys):
+def test_resume_continues_from_checkpoint(tiny_sentence_transformer_dir, pair_files, tmp_path, caplog):
     from safetensors.torch import load_file
 
     output_dir = tmp_path / "out"
@@ -320,10 +320,10 @@ def test_resume_continues_from_checkpoint(tiny_sentence_transformer_dir, pair_fi
         for path in sorted((checkpoints / name).rglob("*"), reverse=True):
             path.unlink() if path.is_file() else path.rmdir()
         (checkpoints / name).rmdir()
-    capsys.readouterr()
-    script.main(args + ["--resume_from_checkpoint"])
-    # setup_logging replaces pytest's log handler, so the log is read from stderr.
-    assert f"Resuming from latest checkpoint: {checkpoints / 'checkpoint-4'}" in capsys.readouterr().err
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        script.main(args + ["--resume_from_checkpoint"])
+    assert f"Resuming from latest checkpoint: {checkpoints / 'checkpoint-4'}" in caplog.text
     state = json.loads((checkpoints / "checkpoint-12" / "trainer_state.json").read_text())
     assert state["global_step"] == 12
     resumed = load_file(output_dir / "model.safetensors")
@@ -337,15 +337,16 @@ def test_resume_without_checkpoint(tiny_sentence_transformer_dir, pair_files, tm
         script.main(args)
 
 
-def test_amp_on_cpu_warns(tiny_sentence_transformer_dir, pair_files, tmp_path, capsys):
+def test_amp_on_cpu_warns(tiny_sentence_transformer_dir, pair_files, tmp_path, caplog):
     if torch.cuda.is_available():
         pytest.skip("checks the CPU fallback")
     output_dir = tmp_path / "out"
     args = base_args(tiny_sentence_transformer_dir, pair_files, output_dir) + [
         "--use_amp", "--eval_strategy", "no", "--eval_corpus_file", str(pair_files["text"]),
     ]  # fmt: skip
-    script.main(args)
-    assert "--use_amp needs CUDA; training on the CPU in float32 instead" in capsys.readouterr().err
+    with caplog.at_level(logging.WARNING):
+        script.main(args)
+    assert "--use_amp needs CUDA; training on the CPU in float32 instead" in caplog.text
     assert (output_dir / "modules.json").is_file()
 
 
