@@ -350,6 +350,15 @@ def test_amp_on_cpu_warns(tiny_sentence_transformer_dir, pair_files, tmp_path, c
     assert (output_dir / "modules.json").is_file()
 
 
+def test_cached_loss_run(tiny_sentence_transformer_dir, pair_files, tmp_path):
+    output_dir = tmp_path / "out"
+    args = base_args(tiny_sentence_transformer_dir, pair_files, output_dir) + ["--mini_batch_size", "3"]
+    script.main(args)
+    results = json.loads((output_dir / "eval_results.json").read_text())
+    assert results["train_rows"] == 21
+    assert results["after"]["ndcg@10"] > 0.0
+
+
 @pytest.mark.slow
 def test_minilm_cranfield_improves(minilm_dir, cranfield_dir, tmp_path):
     from e5_pipeline.beir import beir_paths, load_corpus, load_qrels, load_queries
