@@ -61,9 +61,11 @@ class PaddingCounter:
         self.collator = collator
         self.real_tokens = 0
         self.total_tokens = 0
+        self.batches = 0
 
     def __call__(self, examples):
         batch = self.collator(examples)
+        self.batches += 1
         masks = [value for key, value in batch.items() if key.endswith("attention_mask")]
         if masks:
             self.real_tokens += sum(int(mask.sum()) for mask in masks)
@@ -124,6 +126,8 @@ class PairedTimings:
     stock: list[float] = field(default_factory=list)
     ours_non_padding_shares: list[float] = field(default_factory=list)
     stock_non_padding_shares: list[float] = field(default_factory=list)
+    ours_real_tokens_per_batch: list[float] = field(default_factory=list)
+    stock_real_tokens_per_batch: list[float] = field(default_factory=list)
 
     def summary(self, work_per_step: float, unit: str) -> dict:
         """Summarise both variants as medians and the ratio ours/stock of their throughput in `unit`/s."""
@@ -136,6 +140,8 @@ class PairedTimings:
             "stock_median_step_seconds": stock_median,
             "ours_non_padding_share": median(self.ours_non_padding_shares),
             "stock_non_padding_share": median(self.stock_non_padding_shares),
+            "ours_real_tokens_per_batch": median(self.ours_real_tokens_per_batch),
+            "stock_real_tokens_per_batch": median(self.stock_real_tokens_per_batch),
             "ours_step_seconds": self.ours,
             "stock_step_seconds": self.stock,
         }
@@ -156,10 +162,11 @@ def alternate(
             logger.info("round %d, %s: median step %.3f s over %d steps", round_index + 1, name, median(seconds), len(seconds))
             getattr(timings, name).extend(seconds)
             getattr(timings, f"{name}_non_padding_shares").append(probe.padding.non_padding_share())
+            getattr(timings, f"{name}_real_tokens_per_batch").append(probe.padding.real_tokens / max(probe.padding.batches, 1))
     return timings
 
 
-def measure_matmul_peak(size: int = 2048, repeats: int = 10) -> dict:
+def measure_matmul_peak(size: int = 2048, repeats: int = 20) -> dict:
     """Measure the fp32 matrix-multiply rate of this process's threads, as the FLOP/s ceiling.
 
     The peak is the fastest of `repeats` timed products after two warm-up products, because the

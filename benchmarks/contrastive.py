@@ -13,7 +13,6 @@ import argparse
 import copy
 import json
 import logging
-import resource
 import sys
 import tempfile
 from pathlib import Path
@@ -177,7 +176,6 @@ def measure_one_step(model_path: str, pairs_file: str, max_seq_length: int, mini
         "loss": "cached" if mini_batch_size else "plain",
         "rss_before_step_bytes": rss_before,
         "step_peak_increase_bytes": max(sampler.peak_bytes - rss_before, 0),
-        "process_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "tokens_per_text": [int(feature["input_ids"].shape[1]) for feature in features],
     }
 
