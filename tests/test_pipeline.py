@@ -183,10 +183,19 @@ def test_killed_mlm_resumes(tiny_bert_dir, tmp_path):
     assert "==== mlm: resuming the interrupted run" in result.stdout
     assert f"Resuming training from {output_dir / 'mlm'}/checkpoint-" in result.stdout + result.stderr
     assert output_files(output_dir) == output_files(clean_dir)
+    # The resumed run takes the same number of optimizer steps; restored RNG states keep its
+    # losses close to the clean run's, though not bit for bit.
+    resumed_state = json.loads((output_dir / "mlm" / "trainer_state.json").read_text())
+    clean_state = json.loads((clean_dir / "mlm" / "trainer_state.json").read_text())
+    assert resumed_state["global_step"] == clean_state["global_step"]
+    resumed_loss = json.loads((output_dir / "mlm" / "all_results.json").read_text())["eval_loss"]
+    clean_loss = json.loads((clean_dir / "mlm" / "all_results.json").read_text())["eval_loss"]
+    assert resumed_loss == pytest.approx(clean_loss, rel=0.02)
+    # 0.06 is two of the 39 validation queries for MRR@10 and Recall@100.
     resumed, clean = report_metrics(output_dir), report_metrics(clean_dir)
     for name in ("bm25", "mlm", "final"):
         for metric in ("ndcg@10", "mrr@10", "recall@100"):
-            assert resumed[name][metric] == pytest.approx(clean[name][metric], abs=0.02), (name, metric)
+            assert resumed[name][metric] == pytest.approx(clean[name][metric], abs=0.06), (name, metric)
 
 
 def write_example_beir_folder(folder: Path) -> None:
