@@ -3,7 +3,7 @@
 Example, a BEIR folder's test queries searched over its whole corpus:
 
     python evaluate_retrieval.py \
-        --beir_dir ../shared/data/cranfield --qrels_split test \
+        --beir_dir data/scifact --qrels_split test \
         --models base=bert-base-uncased final=outputs/contrastive \
         --prefix_query "query: " --prefix_passage "passage: " \
         --output_dir outputs/report
