@@ -54,7 +54,7 @@ from e5_pipeline.ir_evaluation import (
 )
 from e5_pipeline.logging_utils import setup_logging, write_json
 from e5_pipeline.models import load_sentence_transformer
-from e5_pipeline.prefixes import add_prefix_once
+from e5_pipeline.prefixes import add_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -284,8 +284,8 @@ def prefix_pairs(
     queries: list[str], positives: list[str], prefix_query: str, prefix_passage: str, split: str
 ) -> tuple[list[str], list[str]]:
     """Add the prefixes to one split, logging how many texts already had them."""
-    prefixed_queries, queries_with_prefix = add_prefix_once(queries, prefix_query)
-    prefixed_positives, positives_with_prefix = add_prefix_once(positives, prefix_passage)
+    prefixed_queries, queries_with_prefix = add_prefix(queries, prefix_query)
+    prefixed_positives, positives_with_prefix = add_prefix(positives, prefix_passage)
     if queries_with_prefix or positives_with_prefix:
         logger.info(
             "%s: %d of %d queries already started with %r and %d of %d passages with %r, so those were left unchanged.",
@@ -553,7 +553,7 @@ def main(args: list[str] | None = None) -> None:
         )
         distractors = []
         if data_args.eval_corpus_file is not None:
-            distractors, _ = add_prefix_once(
+            distractors, _ = add_prefix(
                 load_distractor_passages(data_args.eval_corpus_file, data_args.eval_corpus_column),
                 model_args.prefix_passage,
             )

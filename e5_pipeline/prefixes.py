@@ -1,16 +1,17 @@
-"""E5-style text prefixes ("query: ", "passage: "), added exactly once per text."""
+"""The one place where query and passage prefixes (E5's `query: ` / `passage: `) are added."""
 
 from collections.abc import Iterable
 
 
-def add_prefix_once(texts: Iterable[str], prefix: str) -> tuple[list[str], int]:
-    """Prepend `prefix` to every text that does not already start with it.
+def add_prefix(texts: Iterable[str], prefix: str) -> tuple[list[str], int]:
+    """Prepend `prefix` to each text that does not already start with it.
 
-    Returns the prefixed texts and the number of texts that already carried the prefix and were
-    left unchanged. An empty `prefix` returns the texts unchanged and a count of 0.
+    Returns the prefixed texts and how many already started with `prefix` and were left as they
+    were, so that callers can log that count. An empty prefix returns the texts unchanged and 0.
     """
+    texts = list(texts)
     if not prefix:
-        return list(texts), 0
+        return texts, 0
     prefixed = []
     already_prefixed = 0
     for text in texts:

@@ -13,7 +13,7 @@ import run_contrastive_finetuning as script
 from conftest import SAMPLE_SENTENCES, TOPICS
 from e5_pipeline.csv_io import write_csv
 from e5_pipeline.ir_evaluation import build_retrieval_evaluation_data, load_distractor_passages
-from e5_pipeline.prefixes import add_prefix_once
+from e5_pipeline.prefixes import add_prefix
 
 QUERY_PREFIX = "query: "
 PASSAGE_PREFIX = "passage: "
@@ -112,14 +112,14 @@ def spied_run(tiny_sentence_transformer_dir, pair_files, tmp_path_factory):
     }
 
 
-def test_add_prefix_once_counts():
-    texts, already = add_prefix_once(["query: a", "b", "query: query: c"], QUERY_PREFIX)
+def test_add_prefix_counts():
+    texts, already = add_prefix(["query: a", "b", "query: query: c"], QUERY_PREFIX)
     assert texts == ["query: a", "query: b", "query: query: c"]
     assert already == 2
 
 
-def test_add_prefix_once_empty_prefix():
-    assert add_prefix_once(["a", "b"], "") == (["a", "b"], 0)
+def test_add_prefix_empty_prefix():
+    assert add_prefix(["a", "b"], "") == (["a", "b"], 0)
 
 
 def test_evaluator_oracle_repeated_positives():
