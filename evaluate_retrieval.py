@@ -38,7 +38,7 @@ from e5_pipeline.csv_io import load_csv_dataset
 from e5_pipeline.ir_evaluation import build_retrieval_evaluation_data, load_distractor_passages
 from e5_pipeline.logging_utils import setup_logging, write_json
 from e5_pipeline.models import load_sentence_transformer
-from e5_pipeline.prefixes import add_prefix_once
+from e5_pipeline.prefixes import add_prefix
 from e5_pipeline.retrieval_metrics import REPORT_METRICS, evaluate_rankings
 
 logger = logging.getLogger(__name__)
@@ -210,8 +210,8 @@ def rank_with_model(name: str, path: str, data: RetrievalData, args: EvaluationA
                 name, prompt_name, saved_prompt, prefix,
             )
     query_ids, document_ids = list(data.queries), list(data.corpus)
-    query_texts, _ = add_prefix_once([data.queries[i] for i in query_ids], args.prefix_query)
-    passage_texts, _ = add_prefix_once([data.corpus[i] for i in document_ids], args.prefix_passage)
+    query_texts, _ = add_prefix([data.queries[i] for i in query_ids], args.prefix_query)
+    passage_texts, _ = add_prefix([data.corpus[i] for i in document_ids], args.prefix_passage)
     # prompt="" keeps a saved default prompt from being added on top of the prefixes.
     encode_kwargs = dict(batch_size=args.batch_size, prompt="", convert_to_tensor=True, normalize_embeddings=True)
     logger.info("Encoding %d queries and %d passages with %r.", len(query_texts), len(passage_texts), name)

@@ -7,7 +7,6 @@ import pytest
 
 import evaluate_retrieval
 from e5_pipeline.csv_io import write_csv
-from e5_pipeline.prefixes import add_prefix_once
 from e5_pipeline.retrieval_metrics import evaluate_rankings, mrr_at_k, ndcg_at_k, recall_at_k
 
 
@@ -50,13 +49,6 @@ def test_evaluate_rankings_mean_and_missing_query():
 def test_evaluate_rankings_empty_qrels():
     with pytest.raises(ValueError, match="No query has relevance judgements"):
         evaluate_rankings({}, {})
-
-
-def test_add_prefix_once_counts_already_prefixed():
-    texts, already = add_prefix_once(["query: a", "b", "query:c"], "query: ")
-    assert texts == ["query: a", "query: b", "query: query:c"]
-    assert already == 1
-    assert add_prefix_once(["a"], "") == (["a"], 0)
 
 
 def test_model_specs_parsing():
