@@ -168,7 +168,7 @@ def test_split_seeded(tmp_path):
     assert read_pairs(tmp_path / "a", "validation") != read_pairs(tmp_path / "c", "validation")
 
 
-def test_validation_split_zero(tmp_path, capsys):
+def test_validation_split_zero(tmp_path, caplog):
     source = write_tsv(tmp_path / "pairs.tsv", many_pairs(queries=3))
     output_dir = tmp_path / "out"
     output_dir.mkdir()
@@ -177,7 +177,7 @@ def test_validation_split_zero(tmp_path, capsys):
 
     assert not (output_dir / "validation.csv").exists()
     assert stats["rows_written"] == {"train": 9}
-    assert "--validation_split 0: writing no validation file." in capsys.readouterr().err
+    assert "--validation_split 0: writing no validation file." in caplog.text
     assert json.loads((output_dir / "prepare_stats.json").read_text()) == stats
 
 

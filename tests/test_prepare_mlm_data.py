@@ -232,7 +232,7 @@ def test_validation_mask_exact_and_uniform(monkeypatch):
     assert hits.max() < 480
 
 
-def test_validation_split_zero_writes_no_file(tmp_path, capsys):
+def test_validation_split_zero_writes_no_file(tmp_path, caplog):
     source = write_lines(tmp_path / "corpus.txt", ["one", "two", "three"])
     output_dir = tmp_path / "out"
     output_dir.mkdir()
@@ -242,7 +242,7 @@ def test_validation_split_zero_writes_no_file(tmp_path, capsys):
 
     assert not (output_dir / "validation.csv").exists()
     assert stats["rows_written"] == {"train": 3}
-    assert "--validation_split 0: writing no validation file." in capsys.readouterr().err
+    assert "--validation_split 0: writing no validation file." in caplog.text
     assert json.loads((output_dir / "prepare_stats.json").read_text()) == stats
 
 
