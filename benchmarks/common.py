@@ -169,8 +169,8 @@ def alternate(
 def measure_matmul_peak(size: int = 2048, repeats: int = 20) -> dict:
     """Measure the fp32 matrix-multiply rate of this process's threads, as the FLOP/s ceiling.
 
-    The peak is the fastest of `repeats` timed products after two warm-up products, because the
-    benchmark asks what the machine can reach, and other processes only ever slow it down.
+    The peak is the fastest of `repeats` timed products after two warm-up products, because other
+    processes can only slow a product down, never speed it up.
     """
     generator = torch.Generator().manual_seed(0)
     left = torch.randn(size, size, generator=generator)  # (size, size)

@@ -40,16 +40,16 @@ def distinct_pairs(pairs: list[tuple[str, str]], count: int) -> list[tuple[str, 
     With distinct texts the stock `NoDuplicatesDataLoader` yields every row, so both variants
     train on the same rows and the same number of steps.
     """
-    seen_queries, seen_passages, kept = set(), set(), []
+    seen_queries, seen_passages, selected = set(), set(), []
     for query, passage in pairs:
         if query in seen_queries or passage in seen_passages:
             continue
         seen_queries.add(query)
         seen_passages.add(passage)
-        kept.append((query, passage))
-        if len(kept) == count:
-            return kept
-    raise ValueError(f"only {len(kept)} pairs with distinct texts, {count} needed; lower the batch size or steps")
+        selected.append((query, passage))
+        if len(selected) == count:
+            return selected
+    raise ValueError(f"only {len(selected)} pairs with distinct texts, {count} needed; lower the batch size or steps")
 
 
 def run_contrastive_benchmark(

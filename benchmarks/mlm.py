@@ -244,7 +244,7 @@ def run_mlm_benchmark(
 def run_mlm_padding(tokenizer_path: str, texts: list[str], batch_size: int, seq_length: int, max_batches: int) -> dict:
     """Measure the non-padding share of the MLM batches, grouped into blocks and line by line.
 
-    Both trainers use the same collator and datasets, so "ours" and "stock" share the figures; the
+    Both trainers use the same collator and datasets, so "ours" and "stock" share the figures. The
     line-by-line row shows what padding costs when a user turns grouping off.
     """
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)

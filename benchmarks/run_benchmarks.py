@@ -203,7 +203,9 @@ def format_table(results: dict) -> str:
 
     def add(measure: str, ours: str, stock: str, ratio: float | None, target: str, met: bool | None) -> None:
         ratio_text = "" if ratio is None else f"{ratio:.2f}"
-        met_text = "" if met is None else ("yes" if met else "**no**")
+        met_text = ""
+        if met is not None:
+            met_text = "yes" if met else "**no**"
         rows.append(f"| {measure} | {ours} | {stock} | {ratio_text} | {target} | {met_text} |")
 
     for key, mlm in results.get("mlm", {}).items():
