@@ -5,8 +5,8 @@ Example:
 
 writes `benchmarks/results/benchmark_results.json` (every measurement, every step time, the
 machine and library versions) and `benchmarks/results/benchmark_results.md` (the table of
-ours/stock ratios against the targets). `--quick` is a smoke test of every part in a few minutes;
-without it the run takes about an hour on a 2-core CPU. docs/benchmarks.md explains the method.
+ours/stock ratios against the targets). `--quick` is a smoke test of every part in about 5 minutes;
+without it the run took 14 minutes on a shared 2-core CPU. docs/benchmarks.md explains the method.
 
 Parts: MLM training tokens/s (6-layer and 12-layer BERT shapes), contrastive training pairs/s,
 peak memory of the cached contrastive loss, the share of non-padding tokens in both stages,
