@@ -23,6 +23,7 @@ SentenceTransformerTrainer underneath; the comments at `EveryRowNoDuplicatesData
 `train` say where this script works around it.
 """
 
+import functools
 import json
 import logging
 import math
@@ -31,11 +32,13 @@ import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from unittest.mock import patch
 
 import sentence_transformers
 import torch
 import transformers
 from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer import fit_mixin
 from sentence_transformers.sentence_transformer.datasets import NoDuplicatesDataLoader
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 from sentence_transformers.sentence_transformer.losses import (
@@ -62,9 +65,6 @@ EVAL_STRATEGIES = ("no", "steps", "epoch")
 # Metrics kept in eval_results.json, as named by InformationRetrievalEvaluator without the
 # score-function prefix ("cosine_ndcg@10" is stored as "ndcg@10").
 REPORTED_METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100")
-# The seed of SentenceTransformerTrainingArguments, which `fit` does not let callers change.
-FIT_TRAINER_SEED = 42
-
 
 @dataclass
 class ModelArguments:
@@ -196,7 +196,9 @@ class FinetuningArguments:
         default=False,
         metadata={"help": "Continue from the newest checkpoint in OUTPUT_DIR/checkpoints, with the same arguments."},
     )
-    seed: int = field(default=42, metadata={"help": "Seed for the order of the training rows."})
+    seed: int = field(
+        default=42, metadata={"help": "Seed of the training-row order, the batch sampler, dropout and initialisation."}
+    )
 
 
 def parse_arguments(args: list[str] | None) -> tuple[ModelArguments, DataArguments, FinetuningArguments]:
@@ -368,7 +370,7 @@ class EveryRowNoDuplicatesDataLoader(NoDuplicatesDataLoader):
         self.batch_size = batch_size
         self.collate_fn = None
         self.train_examples = list(train_examples)
-        # `fit` seeds its trainer with a fixed seed, so this shuffle is what makes --seed change the batches.
+        # A fixed order per seed, so that the same --seed gives the same batches.
         random.Random(seed).shuffle(self.train_examples)
 
     def __iter__(self):
@@ -448,6 +450,9 @@ def train(
       real step count, and is removed afterwards.
     - Without a checkpoint path `fit` creates `checkpoints/model` in the working directory, so the
       checkpoint path is always OUTPUT_DIR/checkpoints.
+    - `fit` builds its trainer's arguments with the default seed 42 (dropout, batch sampling) and
+      takes no seed, so the arguments class that `fit` looks up in its module is replaced, for this
+      call only, by one whose seed is --seed.
     - With an evaluator `fit` saves only the best model (to its output path) and never the final
       one, so the output path is OUTPUT_DIR/best (only with --save_best_model) and the caller saves
       the final model itself.
@@ -471,23 +476,27 @@ def train(
         return get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
 
     model._get_scheduler = linear_schedule_over_all_steps
+    seeded_arguments = functools.partial(
+        fit_mixin.SentenceTransformerTrainingArguments, seed=training_args.seed, data_seed=training_args.seed
+    )
     try:
-        model.fit(
-            train_objectives=[(loader, loss)],
-            evaluator=evaluator if training_args.eval_strategy != "no" else None,
-            epochs=training_args.num_train_epochs,
-            warmup_steps=warmup_steps,
-            optimizer_params={"lr": training_args.learning_rate},
-            weight_decay=training_args.weight_decay,
-            evaluation_steps=training_args.eval_steps if training_args.eval_strategy == "steps" else 0,
-            output_path=str(output_dir / "best") if training_args.save_best_model else None,
-            save_best_model=training_args.save_best_model,
-            use_amp=use_amp,
-            checkpoint_path=str(output_dir / "checkpoints"),
-            checkpoint_save_steps=training_args.checkpoint_save_steps,
-            checkpoint_save_total_limit=training_args.checkpoint_save_total_limit,
-            resume_from_checkpoint=training_args.resume_from_checkpoint,
-        )
+        with patch.object(fit_mixin, "SentenceTransformerTrainingArguments", seeded_arguments):
+            model.fit(
+                train_objectives=[(loader, loss)],
+                evaluator=evaluator if training_args.eval_strategy != "no" else None,
+                epochs=training_args.num_train_epochs,
+                warmup_steps=warmup_steps,
+                optimizer_params={"lr": training_args.learning_rate},
+                weight_decay=training_args.weight_decay,
+                evaluation_steps=training_args.eval_steps if training_args.eval_strategy == "steps" else 0,
+                output_path=str(output_dir / "best") if training_args.save_best_model else None,
+                save_best_model=training_args.save_best_model,
+                use_amp=use_amp,
+                checkpoint_path=str(output_dir / "checkpoints"),
+                checkpoint_save_steps=training_args.checkpoint_save_steps,
+                checkpoint_save_total_limit=training_args.checkpoint_save_total_limit,
+                resume_from_checkpoint=training_args.resume_from_checkpoint,
+            )
     finally:
         del model._get_scheduler
 
@@ -503,13 +512,6 @@ def main(args: list[str] | None = None) -> None:
     if use_amp and device != "cuda":
         logger.warning("--use_amp needs CUDA; training on the CPU in float32 instead (use_amp True -> False).")
         use_amp = False
-    if training_args.seed != FIT_TRAINER_SEED:
-        logger.warning(
-            "model.fit seeds its trainer with %d (dropout, batch sampling); --seed %d sets the row order that the "
-            "trainer samples from, so batches differ by seed but dropout does not.",
-            FIT_TRAINER_SEED,
-            training_args.seed,
-        )
     transformers.set_seed(training_args.seed)
     logger.info(
         "torch %s, transformers %s, sentence-transformers %s, device %s, precision %s",

@@ -221,6 +221,21 @@ def test_saved_models_record_prompts(spied_run):
 
 
 @pytest.mark.timeout(60)
+def test_seed_reaches_fit_trainer(tiny_sentence_transformer_dir, pair_files, tmp_path, monkeypatch):
+    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+
+    seeds = []
+    train = SentenceTransformerTrainer.train
+
+    def spy_train(self, *args, **kwargs):
+        seeds.append((self.args.seed, self.args.data_seed))
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(SentenceTransformerTrainer, "train", spy_train)
+    script.main(base_args(tiny_sentence_transformer_dir, pair_files, tmp_path / "out") + ["--seed", "7"])
+    assert seeds == [(7, 7)]
+
+
 def test_guard_fewer_rows_than_batch(tiny_sentence_transformer_dir, pair_files, tmp_path):
     args = base_args(tiny_sentence_transformer_dir, pair_files, tmp_path / "out") + ["--eval_strategy", "no"]
     args[args.index("--per_device_train_batch_size") + 1] = "32"
