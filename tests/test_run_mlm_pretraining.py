@@ -22,14 +22,6 @@ from e5_pipeline.mlm_training import NonFiniteLossError, OffsetPaddingCollator, 
 from e5_pipeline.models import build_mean_pooling_model
 
 
-@pytest.fixture(autouse=True)
-def keep_caplog_handler(monkeypatch):
-    """Stop `setup_logging` from replacing the root handlers (force=True), which would detach caplog's."""
-    monkeypatch.setattr(
-        run_mlm_pretraining, "setup_logging", lambda level, main_process: logging.getLogger().setLevel(level)
-    )
-
-
 @pytest.fixture
 def text_files(tmp_path) -> dict[str, Path]:
     """`train.csv` with the 48 sample sentences and `validation.csv` with 12 of them."""
