@@ -22,21 +22,19 @@ metrics as a markdown table) to `--output_dir`.
 """
 
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import bm25s
 import Stemmer
-import torch
 from sentence_transformers.util import semantic_search
 from transformers import HfArgumentParser
 
 from e5_pipeline.beir import beir_paths, load_corpus, load_qrels, load_queries
 from e5_pipeline.csv_io import load_csv_dataset
 from e5_pipeline.ir_evaluation import build_retrieval_evaluation_data, load_distractor_passages
-from e5_pipeline.logging_utils import setup_logging, write_json
+from e5_pipeline.logging_utils import run_script, setup_logging, write_json
 from e5_pipeline.models import load_sentence_transformer
 from e5_pipeline.prefixes import add_prefix
 from e5_pipeline.retrieval_metrics import REPORT_METRICS, evaluate_rankings
@@ -289,4 +287,4 @@ def main(args: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_script(main)

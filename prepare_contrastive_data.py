@@ -16,7 +16,6 @@ split does, which leaks queries with several positives into both sides.
 
 import csv
 import logging
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from transformers import HfArgumentParser
 
 from e5_pipeline.beir import beir_paths, iter_qrels, load_corpus, load_queries
 from e5_pipeline.csv_io import write_csv
-from e5_pipeline.logging_utils import setup_logging, write_json
+from e5_pipeline.logging_utils import run_script, setup_logging, write_json
 from e5_pipeline.splits import check_validation_split, choose_validation_mask, validation_size
 from e5_pipeline.text_files import check_encoding, check_output_dir, is_blank, iter_text_blocks, split_lines
 
@@ -461,8 +460,4 @@ def main(args: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as error:
-        logger.error("%s", error)
-        sys.exit(1)
+    run_script(main)

@@ -18,7 +18,6 @@ bucket files take 16 bytes per line in the system's temporary directory (set TMP
 import json
 import logging
 import os
-import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from e5_pipeline.csv_io import open_csv_writer
-from e5_pipeline.logging_utils import setup_logging, write_json
+from e5_pipeline.logging_utils import run_script, setup_logging, write_json
 from e5_pipeline.splits import check_validation_split, choose_validation_mask, mask_slice, validation_size
 from e5_pipeline.text_files import (
     check_encoding,
@@ -505,8 +504,4 @@ def main(args: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as error:
-        logger.error("%s", error)
-        sys.exit(1)
+    run_script(main)

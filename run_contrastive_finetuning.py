@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import random
-import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,7 +54,7 @@ from e5_pipeline.ir_evaluation import (
     build_retrieval_evaluation_data,
     load_distractor_passages,
 )
-from e5_pipeline.logging_utils import setup_logging, write_json
+from e5_pipeline.logging_utils import run_script, setup_logging, write_json
 from e5_pipeline.models import load_sentence_transformer
 from e5_pipeline.prefixes import add_prefix
 
@@ -621,4 +620,4 @@ def main(args: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_script(main)

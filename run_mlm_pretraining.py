@@ -25,11 +25,9 @@ Writes to `--output_dir`:
 import itertools
 import json
 import logging
-import math
 import os
 import shutil
-import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import accelerate
@@ -47,7 +45,7 @@ from transformers import (
 )
 
 from e5_pipeline.csv_io import load_csv_dataset
-from e5_pipeline.logging_utils import setup_logging, write_json
+from e5_pipeline.logging_utils import run_script, setup_logging, write_json
 from e5_pipeline.mlm_training import (
     MaskedLMTrainer,
     head_parameter_names,
@@ -684,4 +682,4 @@ def main(args: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_script(main)

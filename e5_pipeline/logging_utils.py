@@ -3,7 +3,9 @@
 import json
 import logging
 import os
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +42,18 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     except BaseException:
         os.unlink(temporary_path)
         raise
+
+
+def run_script(main: Callable[[list[str]], Any]) -> None:
+    """Run a script's `main` on the command-line arguments.
+
+    An invalid input (ValueError, FileNotFoundError) ends the process with exit status 1 and its
+    message as one ERROR line; the traceback is logged at DEBUG level.
+    """
+    logger = logging.getLogger(main.__module__)
+    try:
+        main(sys.argv[1:])
+    except (ValueError, FileNotFoundError) as error:
+        logger.debug("Traceback of the error below:", exc_info=True)
+        logger.error("%s", error)
+        sys.exit(1)

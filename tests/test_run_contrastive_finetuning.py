@@ -3,7 +3,6 @@
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import pytest

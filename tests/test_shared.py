@@ -53,3 +53,22 @@ def test_plain_transformers_folder_is_wrapped(tiny_bert_dir, caplog):
 def test_sentence_transformer_folder_loads(tiny_sentence_transformer_dir):
     model = load_sentence_transformer(str(tiny_sentence_transformer_dir), device="cpu")
     assert model.encode(["boundary layer"]).shape == (1, 32)
+
+
+def test_script_input_error_exits_cleanly(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    missing = tmp_path / "missing.tsv"
+    completed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "prepare_contrastive_data.py"), "--input_file", str(missing), "--output_dir", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 1
+    assert f"ERROR - __main__ - --input_file '{missing}' not found." in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert not (tmp_path / "out").exists()
