@@ -93,7 +93,12 @@ def new_head_parameter_names(model: nn.Module, missing_keys: Iterable[str]) -> l
 
 
 def train_wordpiece_tokenizer(texts: Iterator[str], vocab_size: int, model_max_length: int) -> BertTokenizerFast:
-    """Train a lower-casing BERT WordPiece tokenizer with `vocab_size` entries on `texts`."""
+    """Train a lower-casing BERT WordPiece tokenizer with `vocab_size` entries on `texts`.
+
+    NOTE: `tokenizers` (0.23) breaks ties between equally frequent merges in hash order, which
+    changes from process to process, so two trainings on the same texts can give different
+    vocabularies. A resumed run reloads the tokenizer saved with its checkpoint instead.
+    """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     special_tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
