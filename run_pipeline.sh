@@ -15,8 +15,14 @@
 # `./run_pipeline.sh --help` lists them all with their defaults.
 #
 # A stage's done-marker (OUTPUT_DIR/.done/STAGE) is written only after it succeeds. A stage runs
-# again when its marker is missing or older than the marker of a stage it reads from. An
+# again when its marker is missing or older than the marker of a stage it reads from, and a
+# prepare stage also runs again when one of its input files is newer than its marker. An
 # interrupted training stage resumes from its last checkpoint; FORCE=1 starts every stage afresh.
+#
+# The first run records the settings that shape the results in OUTPUT_DIR/.done/settings. A
+# rerun with other values stops and lists them, because its finished stages would not match
+# them; FORCE=1 or a new OUTPUT_DIR starts over. A stage that starts afresh deletes its output
+# folder, so the script rejects an OUTPUT_DIR that is not empty and has no .done folder.
 
 set -euo pipefail
 
@@ -93,6 +99,11 @@ Usage: [VARIABLE=value ...] ./$SCRIPT_NAME
 Runs data preparation, MLM adaptation, contrastive tuning and a retrieval report. Each setting
 is an environment variable; a variable set in the environment, even to "", replaces the default.
 
+A rerun skips finished stages and resumes interrupted training. It stops with an error when a
+setting that shapes the results differs from the one recorded in OUTPUT_DIR/.done/settings;
+FORCE=1 or a new OUTPUT_DIR starts over. OUTPUT_DIR must be new, empty or an earlier run's
+folder, because a stage that starts afresh deletes its output folder.
+
 EOF
   local index
   for index in "${!SETTING_NAMES[@]}"; do
@@ -124,6 +135,15 @@ if [[ -n "$MODEL_TYPE" && ( "$SKIP_MLM" == 1 || "$ABLATE_MLM" == 1 ) ]]; then
   die "SKIP_MLM and ABLATE_MLM need a pretrained BASE_MODEL, but MODEL_TYPE='$MODEL_TYPE' trains one from scratch"
 fi
 [[ -n "$MODEL_TYPE" || -n "$BASE_MODEL" ]] || die "set BASE_MODEL (a checkpoint) or MODEL_TYPE (from scratch)"
+# Every setting with a default needs a value, except the prefixes ("" means no prefix) and
+# BASE_MODEL (checked above against MODEL_TYPE). An empty OUTPUT_DIR would put the run in /.
+for index in "${!SETTING_NAMES[@]}"; do
+  name="${SETTING_NAMES[$index]}"
+  case "$name" in PREFIX_QUERY | PREFIX_PASSAGE | BASE_MODEL) continue ;; esac
+  if [[ -n "${SETTING_DEFAULTS[$index]}" && -z "${!name}" ]]; then
+    die "$name is empty; set a value, or unset it for the default '${SETTING_DEFAULTS[$index]}'"
+  fi
+done
 if [[ -n "$BEIR_DIR" ]]; then
   [[ -z "$MLM_INPUT_FILES$PAIRS_FILE$EVAL_CORPUS_FILE" ]] \
     || die "BEIR_DIR reads corpus and pairs from one folder; unset MLM_INPUT_FILES, PAIRS_FILE and EVAL_CORPUS_FILE"
@@ -151,10 +171,71 @@ CONTRASTIVE_DIR="$OUTPUT_DIR/contrastive"
 NO_MLM_DIR="$OUTPUT_DIR/contrastive-no-mlm"
 REPORT_DIR="$OUTPUT_DIR/report"
 
-if [[ "$FORCE" == 1 ]]; then
+SETTINGS_FILE="$DONE_DIR/settings"
+# Settings that do not change what any stage computes, so a rerun may change them. SKIP_MLM and
+# ABLATE_MLM choose which stages run, and the report marker records the models it scored.
+UNRECORDED_SETTINGS=" OUTPUT_DIR FORCE PYTHON ACCELERATE_ARGS EVAL_BATCH_SIZE SKIP_MLM ABLATE_MLM "
+
+# A stage that starts afresh deletes its output folder (data/mlm, mlm, contrastive, report, ...),
+# so the run may only go into a new or empty folder, or one that an earlier run created.
+if [[ -e "$OUTPUT_DIR" && ! -d "$OUTPUT_DIR" ]]; then
+  die "OUTPUT_DIR='$OUTPUT_DIR' is not a folder; choose a new or empty folder"
+fi
+if [[ -d "$OUTPUT_DIR" && ! -d "$DONE_DIR" && -n "$(ls -A "$OUTPUT_DIR")" ]]; then
+  die "OUTPUT_DIR='$OUTPUT_DIR' is not empty and has no .done folder, so this pipeline did not create it;" \
+    "its stages would delete folders in it (data/mlm, mlm, contrastive, report). Choose a new or empty folder."
+fi
+
+# Print NAME=VALUE for every setting that shapes the results, one a line.
+print_recorded_settings() {
+  local name
+  for name in "${SETTING_NAMES[@]}"; do
+    if [[ "$UNRECORDED_SETTINGS" != *" $name "* ]]; then
+      printf '%s=%s\n' "$name" "${!name}"
+    fi
+  done
+}
+
+# Stop, listing each change, when a setting differs from the value recorded in SETTINGS_FILE,
+# because the finished stages and checkpoints in OUTPUT_DIR were made with the recorded values.
+check_settings_unchanged() {
+  local current="$1" line name value
+  local -A recorded=()
+  local changes=()
+  while IFS= read -r line; do
+    if [[ "$line" == *=* ]]; then recorded["${line%%=*}"]="${line#*=}"; fi
+  done < "$SETTINGS_FILE"
+  while IFS= read -r line; do
+    name="${line%%=*}"
+    value="${line#*=}"
+    if [[ -z "${recorded[$name]+set}" ]]; then
+      changes+=("  $name: not recorded -> '$value'")
+    elif [[ "${recorded[$name]}" != "$value" ]]; then
+      changes+=("  $name: '${recorded[$name]}' -> '$value'")
+    fi
+  done <<< "$current"
+  if [[ ${#changes[@]} != 0 ]]; then
+    {
+      echo "$SCRIPT_NAME: error: settings differ from the ones recorded in $SETTINGS_FILE:"
+      printf '%s\n' "${changes[@]}"
+      echo "$SCRIPT_NAME: the finished stages in $OUTPUT_DIR used the recorded values. Rerun with FORCE=1 to" \
+        "start every stage afresh with the new ones, choose another OUTPUT_DIR, or restore the old values."
+    } >&2
+    exit 1
+  fi
+}
+
+if [[ "$FORCE" == 1 && -d "$DONE_DIR" ]]; then
+  echo "==== FORCE=1: removing $DONE_DIR, so every stage starts afresh"
   rm -rf "$DONE_DIR"
 fi
 mkdir -p "$DONE_DIR"
+current_settings="$(print_recorded_settings)"
+if [[ -f "$SETTINGS_FILE" ]]; then
+  check_settings_unchanged "$current_settings"
+else
+  printf '%s\n' "$current_settings" > "$SETTINGS_FILE"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Stage bookkeeping.
@@ -182,17 +263,73 @@ stage_can_resume() {
   return 0
 }
 
-# Clear a stage's output folder and marker, and stamp its start.
+# Print the first of INPUTS (files, folders or glob patterns) that is newer than MARKER. A folder
+# counts as newer when it or a file directly in it is, as the prepare scripts read no deeper.
+# Paths that no longer exist are left out.
+find_input_newer_than() {
+  local marker="$1" pattern path newer
+  shift
+  for pattern in "$@"; do
+    local paths=("$pattern")
+    if [[ ! -e "$pattern" ]]; then mapfile -t paths < <(compgen -G "$pattern" || true); fi
+    for path in "${paths[@]}"; do
+      [[ -e "$path" ]] || continue
+      newer="$(find "$path" -maxdepth 1 -newer "$marker" -print -quit)"
+      if [[ -n "$newer" ]]; then
+        echo "$newer"
+        return
+      fi
+    done
+  done
+}
+
+# Succeed when prepare STAGE finished and none of its INPUTS changed since.
+prepare_stage_is_done() {
+  local stage="$1" changed
+  shift
+  stage_is_done "$stage" || return 1
+  changed="$(find_input_newer_than "$DONE_DIR/$stage" "$@")"
+  if [[ -n "$changed" ]]; then
+    echo "==== $stage: input $changed changed after the stage finished; running the stage again"
+    return 1
+  fi
+}
+
+# Clear a stage's output folder (logging it) and marker, and stamp its start.
 start_fresh() {
   local stage="$1" output="$2"
-  rm -rf "$output" "$DONE_DIR/$stage"
+  CURRENT_STAGE="$stage"
+  if [[ -e "$output" ]]; then
+    echo "==== $stage: removing $output to start the stage afresh"
+    rm -rf "$output"
+  fi
+  rm -f "$DONE_DIR/$stage"
   touch "$DONE_DIR/$stage.started"
 }
+
+CURRENT_STAGE=""
+
+# Name the stage that Ctrl-C (SIGINT) or SIGTERM stopped and how to resume, then exit with STATUS.
+# Without this trap, bash ends silently when a stage's Python process dies of SIGINT.
+on_interrupt() {
+  local signal="$1" status="$2"
+  trap - INT TERM
+  if [[ -n "$CURRENT_STAGE" ]]; then
+    echo "$SCRIPT_NAME: error: stage '$CURRENT_STAGE' interrupted by $signal; later stages were not started." >&2
+  else
+    echo "$SCRIPT_NAME: error: interrupted by $signal between stages." >&2
+  fi
+  echo "$SCRIPT_NAME: rerun the same command to resume: finished stages are skipped, training resumes from its last checkpoint." >&2
+  exit "$status"
+}
+trap 'on_interrupt SIGINT 130' INT
+trap 'on_interrupt SIGTERM 143' TERM
 
 # Print a banner with the exact command, run it, and write STAGE's marker only if it succeeds.
 run_stage() {
   local stage="$1" status=0
   shift
+  CURRENT_STAGE="$stage"
   printf '\n==== %s: %s\n==== command:' "$(date '+%Y-%m-%d %H:%M:%S')" "$stage"
   printf ' %q' "$@"
   printf '\n\n'
@@ -203,6 +340,7 @@ run_stage() {
     exit "$status"
   fi
   touch "$DONE_DIR/$stage"
+  CURRENT_STAGE=""
   echo "==== $stage finished; marker $DONE_DIR/$stage"
 }
 
@@ -225,16 +363,16 @@ check_sentence_transformer_folder() {
 # 1. and 2. MLM data and MLM training.
 
 if [[ "$SKIP_MLM" == 0 ]]; then
-  if stage_is_done prepare_mlm; then
+  if [[ -n "$BEIR_DIR" ]]; then
+    mlm_input_paths=("$BEIR_DIR/corpus.jsonl")
+  else
+    mlm_input_paths=("${mlm_input_files[@]}")
+  fi
+  if prepare_stage_is_done prepare_mlm "${mlm_input_paths[@]}"; then
     skip_stage prepare_mlm
   else
     start_fresh prepare_mlm "$MLM_DATA_DIR"
-    if [[ -n "$BEIR_DIR" ]]; then
-      mlm_inputs=(--input_files "$BEIR_DIR/corpus.jsonl")
-    else
-      mlm_inputs=(--input_files "${mlm_input_files[@]}")
-    fi
-    run_stage prepare_mlm "$PYTHON" "$REPO_DIR/prepare_mlm_data.py" "${mlm_inputs[@]}" \
+    run_stage prepare_mlm "$PYTHON" "$REPO_DIR/prepare_mlm_data.py" --input_files "${mlm_input_paths[@]}" \
       --jsonl_text_fields "$JSONL_TEXT_FIELDS" --validation_split "$MLM_VALIDATION_SPLIT" \
       --seed "$SEED" --output_dir "$MLM_DATA_DIR"
   fi
@@ -280,7 +418,15 @@ fi
 # ---------------------------------------------------------------------------------------------
 # 3. Query/passage pairs.
 
-if stage_is_done prepare_contrastive; then
+# The report reads BEIR's test qrels and EVAL_CORPUS_FILE too; listing them here makes a change
+# to them rerun everything from this stage on.
+if [[ -n "$BEIR_DIR" ]]; then
+  pairs_input_paths=("$BEIR_DIR/corpus.jsonl" "$BEIR_DIR/queries.jsonl" "$BEIR_DIR/qrels/train.tsv" "$BEIR_DIR/qrels/test.tsv")
+else
+  pairs_input_paths=("$PAIRS_FILE")
+  if [[ -n "$EVAL_CORPUS_FILE" ]]; then pairs_input_paths+=("$EVAL_CORPUS_FILE"); fi
+fi
+if prepare_stage_is_done prepare_contrastive "${pairs_input_paths[@]}"; then
   skip_stage prepare_contrastive
 else
   start_fresh prepare_contrastive "$PAIRS_DATA_DIR"
@@ -351,7 +497,11 @@ fi
 # ---------------------------------------------------------------------------------------------
 # 6. The report: BM25 and every model on the same queries and corpus.
 
-if stage_is_done report prepare_contrastive "${report_dependencies[@]}"; then
+# The report marker lists the models scored, so a rerun that adds or drops one (SKIP_MLM,
+# ABLATE_MLM) writes a new report.
+report_marker_text="models: ${report_models[*]}"
+if stage_is_done report prepare_contrastive "${report_dependencies[@]}" \
+  && [[ "$(< "$DONE_DIR/report")" == "$report_marker_text" ]]; then
   skip_stage report
 else
   start_fresh report "$REPORT_DIR"
@@ -364,6 +514,7 @@ else
   run_stage report "$PYTHON" "$REPO_DIR/evaluate_retrieval.py" "${report_data[@]}" \
     --models "${report_models[@]}" --prefix_query "$PREFIX_QUERY" --prefix_passage "$PREFIX_PASSAGE" \
     --batch_size "$EVAL_BATCH_SIZE" --output_dir "$REPORT_DIR"
+  printf '%s\n' "$report_marker_text" > "$DONE_DIR/report"
 fi
 
 echo

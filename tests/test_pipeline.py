@@ -1,5 +1,8 @@
 """Tests of run_pipeline.sh: settings checks, a broken stage, end to end, and resume after a kill.
 
+The fast tests set PYTHON=false or a stand-in script, so that no stage trains, and check which
+stages a run skips, reruns or rejects: a foreign OUTPUT_DIR, changed settings or inputs, Ctrl-C.
+
 The end-to-end runs take a few minutes on a CPU (five Python processes, each importing torch), so
 they are slow tests: `pytest -m slow tests/test_pipeline.py`.
 """
@@ -101,6 +104,202 @@ def test_incomplete_mlm_model_rejected(tmp_path):
     assert "sentence-transformer-format has no modules.json" in result.stderr
     assert "mlm: already finished" in result.stdout
     assert not (output_dir / "contrastive").exists()
+
+
+def own_files_env(tmp_path: Path, output_dir: Path, **settings: str) -> dict[str, str]:
+    """Return an environment for own files copied under `tmp_path`, with PYTHON=false so any stage that starts fails at once.
+
+    The copies are dated 1000 s in the past, so markers written by a test are newer than them.
+    """
+    inputs_dir = tmp_path / "inputs"
+    (inputs_dir / "texts").mkdir(parents=True, exist_ok=True)
+    for name in ("pairs.tsv", "corpus.txt"):
+        (inputs_dir / name).write_text((REPO_ROOT / "examples" / name).read_text())
+    (inputs_dir / "texts" / "a.txt").write_text("first text\n")
+    past = time.time() - 1000
+    for path in [*inputs_dir.rglob("*"), inputs_dir]:
+        os.utime(path, (past, past))
+    env = pipeline_env(
+        output_dir, PYTHON="false", MODEL_TYPE="", BASE_MODEL=str(tmp_path / "base"),
+        MLM_INPUT_FILES=str(inputs_dir / "texts" / "*.txt"), PAIRS_FILE=str(inputs_dir / "pairs.tsv"),
+        EVAL_CORPUS_FILE=str(inputs_dir / "corpus.txt"),
+    )
+    env.update(settings)
+    return env
+
+
+def mark_done(output_dir: Path, *stages: str) -> None:
+    """Write the done-markers of `stages`, in order, as a finished run would."""
+    (output_dir / ".done").mkdir(parents=True, exist_ok=True)
+    for stage in stages:
+        (output_dir / ".done" / stage).touch()
+
+
+def test_output_dir_with_user_files_rejected(tmp_path):
+    output_dir = tmp_path / "mine"
+    (output_dir / "report").mkdir(parents=True)
+    (output_dir / "report" / "notes.txt").write_text("keep me\n")
+    result = run_script(PIPELINE, own_files_env(tmp_path, output_dir, SKIP_MLM="1"))
+    assert result.returncode == 1
+    assert f"OUTPUT_DIR='{output_dir}' is not empty and has no .done folder" in result.stderr
+    assert "Choose a new or empty folder." in result.stderr
+    assert (output_dir / "report" / "notes.txt").read_text() == "keep me\n"
+    assert not (output_dir / ".done").exists()
+
+
+def test_empty_output_dir_accepted(tmp_path):
+    output_dir = tmp_path / "empty"
+    output_dir.mkdir()
+    result = run_script(PIPELINE, own_files_env(tmp_path, output_dir, SKIP_MLM="1"))
+    assert "stage 'prepare_contrastive' failed" in result.stderr
+    assert (output_dir / ".done" / "settings").is_file()
+
+
+def test_fresh_stage_logs_removal(tmp_path):
+    output_dir = tmp_path / "out"
+    (output_dir / ".done").mkdir(parents=True)
+    (output_dir / "data" / "contrastive").mkdir(parents=True)
+    (output_dir / "data" / "contrastive" / "train.csv").write_text("query,positive\n")
+    result = run_script(PIPELINE, own_files_env(tmp_path, output_dir, SKIP_MLM="1"))
+    assert f"==== prepare_contrastive: removing {output_dir / 'data' / 'contrastive'}" in result.stdout
+    assert not (output_dir / "data" / "contrastive").exists()
+
+
+@pytest.mark.parametrize("name", ["OUTPUT_DIR", "PYTHON", "MLM_EPOCHS"])
+def test_empty_setting_rejected(tmp_path, name):
+    result = run_script(PIPELINE, own_files_env(tmp_path, tmp_path / "out", **{name: ""}))
+    assert result.returncode == 1
+    assert f"error: {name} is empty" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_settings_file_contents(tmp_path):
+    output_dir = tmp_path / "out"
+    run_script(PIPELINE, own_files_env(tmp_path, output_dir, SKIP_MLM="1", PREFIX_QUERY="q: "))
+    lines = (output_dir / ".done" / "settings").read_text().splitlines()
+    assert "PREFIX_QUERY=q: " in lines
+    assert "CONTRASTIVE_EPOCHS=2" in lines
+    recorded_names = {line.split("=", 1)[0] for line in lines}
+    for name in ("OUTPUT_DIR", "FORCE", "PYTHON", "ACCELERATE_ARGS", "EVAL_BATCH_SIZE", "SKIP_MLM", "ABLATE_MLM"):
+        assert name not in recorded_names
+
+
+def test_changed_settings_rejected(tmp_path):
+    output_dir = tmp_path / "out"
+    first = run_script(PIPELINE, own_files_env(tmp_path, output_dir, SKIP_MLM="1"))
+    assert "stage 'prepare_contrastive' failed" in first.stderr
+    other_pairs = tmp_path / "other.tsv"
+    other_pairs.write_text((tmp_path / "inputs" / "pairs.tsv").read_text())
+    changed = {"PREFIX_QUERY": "q: ", "CONTRASTIVE_EPOCHS": "5", "PAIRS_FILE": str(other_pairs)}
+    result = run_script(PIPELINE, own_files_env(tmp_path, output_dir, SKIP_MLM="1", **changed))
+    assert result.returncode == 1
+    assert "settings differ from the ones recorded" in result.stderr
+    assert "  PREFIX_QUERY: 'query: ' -> 'q: '" in result.stderr
+    assert "  CONTRASTIVE_EPOCHS: '2' -> '5'" in result.stderr
+    assert f"  PAIRS_FILE: '{tmp_path / 'inputs' / 'pairs.tsv'}' -> '{other_pairs}'" in result.stderr
+    assert "FORCE=1" in result.stderr
+    assert "==== command:" not in result.stdout
+
+    forced = run_script(PIPELINE, own_files_env(tmp_path, output_dir, SKIP_MLM="1", FORCE="1", **changed))
+    assert f"==== FORCE=1: removing {output_dir / '.done'}" in forced.stdout
+    assert "stage 'prepare_contrastive' failed" in forced.stderr
+    assert "CONTRASTIVE_EPOCHS=5" in (output_dir / ".done" / "settings").read_text().splitlines()
+
+
+def test_unrecorded_setting_change_accepted(tmp_path):
+    output_dir = tmp_path / "out"
+    run_script(PIPELINE, own_files_env(tmp_path, output_dir, SKIP_MLM="1"))
+    result = run_script(PIPELINE, own_files_env(tmp_path, output_dir, SKIP_MLM="1", EVAL_BATCH_SIZE="7"))
+    assert "settings differ" not in result.stderr
+    assert "stage 'prepare_contrastive' failed" in result.stderr
+
+
+# (MLM_INPUT_FILES, the input to change, how, the stage that reads it): a file matched by a glob,
+# a file added to a folder, the pairs and the evaluation corpus.
+CHANGED_INPUTS = [
+    ("texts/*.txt", "texts/a.txt", "touch", "prepare_mlm"),
+    ("texts", "texts/b.txt", "create", "prepare_mlm"),
+    ("texts/*.txt", "pairs.tsv", "touch", "prepare_contrastive"),
+    ("texts/*.txt", "corpus.txt", "touch", "prepare_contrastive"),
+]
+
+
+@pytest.mark.parametrize("mlm_input, changed_input, change, stage", CHANGED_INPUTS)
+def test_changed_input_reruns_prepare(tmp_path, mlm_input, changed_input, change, stage):
+    output_dir = tmp_path / "out"
+    skip_mlm = "0" if stage == "prepare_mlm" else "1"
+    env = own_files_env(tmp_path, output_dir, SKIP_MLM=skip_mlm, MLM_INPUT_FILES=str(tmp_path / "inputs" / mlm_input))
+    if stage == "prepare_mlm":
+        mark_done(output_dir, "prepare_mlm", "mlm")
+        stop_when_unchanged = "stage 'prepare_contrastive' failed"
+    else:
+        mark_done(output_dir, "prepare_contrastive", "contrastive_no_mlm")
+        stop_when_unchanged = "stage 'report' failed"
+
+    unchanged = run_script(PIPELINE, env)
+    assert f"==== {stage}: already finished" in unchanged.stdout
+    assert stop_when_unchanged in unchanged.stderr
+
+    path = tmp_path / "inputs" / changed_input
+    if change == "create":
+        path.write_text("second text\n")
+    else:
+        later = (output_dir / ".done" / stage).stat().st_mtime + 10
+        os.utime(path, (later, later))
+    result = run_script(PIPELINE, env)
+    # A new file changes its folder's modification time, and the folder is listed first.
+    reported = path.parent if change == "create" else path
+    assert f"==== {stage}: input {reported} changed after the stage finished" in result.stdout
+    assert f"stage '{stage}' failed" in result.stderr
+
+
+def test_changed_models_rerun_report(tmp_path):
+    output_dir = tmp_path / "out"
+    mark_done(output_dir, "prepare_contrastive", "contrastive_no_mlm", "report")
+    result = run_script(PIPELINE, own_files_env(tmp_path, output_dir, SKIP_MLM="1"))
+    assert "==== contrastive_no_mlm: already finished" in result.stdout
+    assert "stage 'report' failed" in result.stderr
+
+
+def test_interrupted_stage_named(tmp_path):
+    output_dir = tmp_path / "out"
+    mark_done(output_dir, "prepare_mlm", "mlm", "prepare_contrastive")
+
+    model_dir = output_dir / "mlm" / "sentence-transformer-format"
+    model_dir.mkdir(parents=True)
+    for name in ("modules.json", "model.safetensors", "vocab.txt"):
+        (model_dir / name).touch()
+    # A stand-in for the contrastive stage's Python: it signals that it runs, then sleeps, and
+    # Ctrl-C ends it with KeyboardInterrupt, so that it dies of SIGINT as the real script does.
+    ready = tmp_path / "ready"
+    sleepy_python = tmp_path / "sleepy_python"
+    sleepy_python.write_text(
+        f"#!/bin/sh\nexec {sys.executable} -c \"import pathlib, time; pathlib.Path('{ready}').touch(); time.sleep(60)\"\n"
+    )
+    sleepy_python.chmod(0o755)
+    env = own_files_env(tmp_path, output_dir, PYTHON=str(sleepy_python))
+
+    process = subprocess.Popen(
+        ["bash", str(PIPELINE)], env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), "the contrastive stage did not start"
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    assert process.returncode == 130
+    assert "==== command:" in stdout
+    assert "stage 'contrastive' interrupted by SIGINT" in stderr
+    assert "rerun the same command to resume" in stderr
+    assert not (output_dir / ".done" / "contrastive").exists()
 
 
 @pytest.fixture(scope="module")
