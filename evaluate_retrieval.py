@@ -28,10 +28,11 @@ from pathlib import Path
 
 import bm25s
 import Stemmer
+import torch
 from sentence_transformers.util import semantic_search
-from transformers import HfArgumentParser
 
 from e5_pipeline.beir import beir_paths, load_corpus, load_qrels, load_queries
+from e5_pipeline.cli import build_argument_parser
 from e5_pipeline.csv_io import load_csv_dataset
 from e5_pipeline.ir_evaluation import build_retrieval_evaluation_data, load_distractor_passages
 from e5_pipeline.logging_utils import run_script, setup_logging, write_json
@@ -57,12 +58,20 @@ class EvaluationArguments:
             "pooling. Default: none, so only BM25 is scored."
         },
     )
-    bm25: bool = field(default=True, metadata={"help": "Also score BM25 (bm25s, English stemmer and stop words)."})
+    bm25: bool = field(
+        default=True,
+        metadata={
+            "help": "Whether to score BM25 (bm25s, English stemmer and stop words) besides the models. "
+            "Default: on; --no_bm25 turns it off."
+        },
+    )
     beir_dir: str | None = field(
         default=None,
         metadata={"help": "BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv); its whole corpus is searched."},
     )
-    qrels_split: str = field(default="test", metadata={"help": "Qrels file of --beir_dir to score, without .tsv."})
+    qrels_split: str = field(
+        default="test", metadata={"help": "Qrels file of --beir_dir to score, without .tsv. Only with --beir_dir."}
+    )
     validation_file: str | None = field(
         default=None,
         metadata={"help": "CSV of query/positive pairs, instead of --beir_dir. Its distinct positives form the corpus."},
@@ -85,8 +94,10 @@ class EvaluationArguments:
         default=None,
         metadata={"help": "Maximum tokens per text for every model. Default: each model's own limit (512 for plain folders)."},
     )
-    batch_size: int = field(default=64, metadata={"help": "Texts per encoding batch."})
-    device: str | None = field(default=None, metadata={"help": "Torch device, e.g. cpu or cuda. Default: the best available."})
+    batch_size: int = field(default=64, metadata={"help": "Texts per encoding batch, a positive number."})
+    device: str | None = field(
+        default=None, metadata={"help": "Torch device, e.g. cpu, cuda or cuda:1. Default: the best available."}
+    )
 
 
 @dataclass
@@ -114,11 +125,50 @@ def parse_model_specs(specs: list[str]) -> list[tuple[str, str]]:
     return parsed
 
 
+def check_device(device: str | None) -> None:
+    """Reject a --device that is not a torch device or is not present on this machine."""
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a torch device; use e.g. cpu, cuda or cuda:1.") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {device!r}: CUDA is not available on this machine; pass --device cpu or leave out --device."
+            )
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0."
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"--device {device!r}: MPS is not available on this machine; pass --device cpu or leave out --device."
+        )
+
+
 def check_arguments(args: EvaluationArguments) -> None:
+    """Reject contradicting or invalid arguments before any data or model is loaded."""
     if (args.beir_dir is None) == (args.validation_file is None):
         raise ValueError("Give exactly one data source: --beir_dir (BEIR folder) or --validation_file (CSV of pairs).")
     if args.beir_dir is not None and args.corpus_file is not None:
         raise ValueError("--corpus_file works with --validation_file only; --beir_dir already searches its whole corpus.")
+    defaults = EvaluationArguments(output_dir="")
+    # Flags that only one data source reads; a value other than the default is a mistake with the other.
+    if args.beir_dir is not None:
+        unused, source_flag = ("query_column", "positive_column", "corpus_text_column"), "--beir_dir"
+    else:
+        unused, source_flag = ("qrels_split",), "--validation_file"
+    changed = [f"--{name} {getattr(args, name)!r}" for name in unused if getattr(args, name) != getattr(defaults, name)]
+    if changed:
+        verb, pronoun = ("has", "it") if len(changed) == 1 else ("have", "them")
+        raise ValueError(f"{', '.join(changed)} {verb} no effect with {source_flag}; remove {pronoun}.")
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch_size must be positive, got {args.batch_size!r}.")
+    if args.max_seq_length is not None and args.max_seq_length <= 0:
+        raise ValueError(f"--max_seq_length must be positive, got {args.max_seq_length!r}.")
+    check_device(args.device)
     if not args.models and not args.bm25:
         raise ValueError("Nothing to score: give --models NAME=PATH ... or leave BM25 on.")
     for flag, path in (("--validation_file", args.validation_file), ("--corpus_file", args.corpus_file)):
@@ -151,7 +201,8 @@ def load_pair_data(args: EvaluationArguments) -> RetrievalData:
     so a query with several positives gets all of them as relevant.
     """
     columns = [args.query_column, args.positive_column]
-    rows = load_csv_dataset({"validation": args.validation_file}, columns)["validation"]
+    column_flags = {args.query_column: "--query_column", args.positive_column: "--positive_column"}
+    rows = load_csv_dataset({"validation": args.validation_file}, columns, column_flags=column_flags)["validation"]
     pairs = [(row[args.query_column].strip(), row[args.positive_column].strip()) for row in rows]
     kept_pairs = [(query, positive) for query, positive in pairs if query and positive]
     dropped_empty = len(pairs) - len(kept_pairs)
@@ -242,7 +293,7 @@ def format_markdown(results: list[dict], data: RetrievalData, args: EvaluationAr
 
 def main(args: list[str] | None = None) -> dict:
     """Score the retrievers, write the report files and return the report."""
-    parser = HfArgumentParser(EvaluationArguments)
+    parser = build_argument_parser([EvaluationArguments])
     (eval_args,) = parser.parse_args_into_dataclasses(args=args)
     setup_logging()
     logger.info("Arguments: %s", eval_args)

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from transformers import HfArgumentParser
 
 from e5_pipeline.beir import beir_paths, iter_qrels, load_corpus, load_queries
+from e5_pipeline.cli import build_argument_parser
 from e5_pipeline.csv_io import write_csv
 from e5_pipeline.logging_utils import run_script, setup_logging, write_json
 from e5_pipeline.splits import check_validation_split, choose_validation_mask, validation_size
@@ -61,7 +61,10 @@ class InputArguments:
     )
     header: bool = field(
         default=True,
-        metadata={"help": "Whether the first row of --input_file is a header (default). Pass --no_header if not."},
+        metadata={
+            "help": "Whether the first row of --input_file is a header row. Default: yes; --no_header reads the first "
+            "row as a pair."
+        },
     )
     input_query_column: str | None = field(
         default=None,
@@ -92,8 +95,13 @@ class InputArguments:
             "passage) with a score >= --min_score becomes one pair, the passage being title + ' ' + text."
         },
     )
-    qrels_split: str = field(default="train", metadata={"help": "Qrels file of --beir_dir to read: qrels/<split>.tsv."})
-    min_score: int = field(default=1, metadata={"help": "Lowest relevance score of a judgement that makes a pair."})
+    qrels_split: str = field(
+        default="train", metadata={"help": "Qrels file of --beir_dir to read: qrels/<split>.tsv. Only with --beir_dir."}
+    )
+    min_score: int = field(
+        default=1,
+        metadata={"help": "Lowest relevance score of a judgement that makes a pair. Only with --beir_dir."},
+    )
 
 
 @dataclass
@@ -152,10 +160,38 @@ def parse_delimiter(value: str) -> str:
     return delimiter
 
 
+# Input flags that only one kind of input reads. A value other than the default given with the
+# other kind of input is rejected, because it would be ignored.
+DELIMITED_ONLY_FLAGS = (
+    "delimiter",
+    "header",
+    "input_query_column",
+    "input_positive_column",
+    "input_query_col_idx",
+    "input_positive_col_idx",
+    "quoting",
+    "encoding",
+)
+BEIR_ONLY_FLAGS = ("qrels_split", "min_score")
+
+
 def check_arguments(inputs: InputArguments, outputs: OutputArguments) -> None:
     """Reject contradicting or invalid arguments before any reading."""
     if (inputs.input_file is None) == (inputs.beir_dir is None):
         raise ValueError("Give exactly one input: --input_file PAIRS.tsv or --beir_dir DIR.")
+    if inputs.input_file is not None:
+        ignored, source_flag = BEIR_ONLY_FLAGS, "--input_file"
+    else:
+        ignored, source_flag = DELIMITED_ONLY_FLAGS, "--beir_dir"
+    defaults = InputArguments()
+    changed = [
+        "--no_header" if name == "header" and not inputs.header else f"--{name} {getattr(inputs, name)!r}"
+        for name in ignored
+        if getattr(inputs, name) != getattr(defaults, name)
+    ]
+    if changed:
+        verb, pronoun = ("has", "it") if len(changed) == 1 else ("have", "them")
+        raise ValueError(f"{', '.join(changed)} {verb} no effect with {source_flag}; remove {pronoun}.")
     check_validation_split(outputs.validation_split)
     if not outputs.query_column_out or not outputs.positive_column_out:
         raise ValueError("--query_column_out and --positive_column_out must be non-empty column names.")
@@ -285,10 +321,17 @@ def read_delimited_pairs(inputs: InputArguments, encoding: str) -> PairsRead:
             result.drop("blank_line", source)
             continue
         if len(fields) != expected_fields:
-            hint = "pass --quoting csv if fields are quoted" if quoting == "none" else "check the quoting"
+            if len(fields) > expected_fields:
+                fix = "Remove the extra delimiters"
+                if quoting == "none":
+                    fix += ", or pass --quoting csv if fields are quoted"
+            else:
+                fix = f"Add the missing delimiters (is a {delimiter!r} replaced by spaces?)"
+                if quoting == "csv":
+                    fix += ", or check the quoting"
             raise ValueError(
                 f"{source}: expected {expected_fields} fields separated by {delimiter!r} (as on line 1), found "
-                f"{len(fields)}: {fields!r}. Remove the stray delimiters, or {hint}."
+                f"{len(fields)}: {fields!r}. {fix}."
             )
         query, positive = fields[query_index], fields[positive_index]
         if is_blank(query):
@@ -388,7 +431,7 @@ def choose_validation_rows(pairs: list[Pair], outputs: OutputArguments) -> np.nd
 def main(args: list[str] | None = None) -> dict:
     """Run the script on `args` (default: the command line) and return the statistics it wrote."""
     setup_logging()
-    parser = HfArgumentParser((InputArguments, OutputArguments))
+    parser = build_argument_parser((InputArguments, OutputArguments))
     inputs, outputs = parser.parse_args_into_dataclasses(args=args)
     logger.info("Input arguments: %s", inputs)
     logger.info("Output arguments: %s", outputs)

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser
 
+from e5_pipeline.cli import build_argument_parser
 from e5_pipeline.csv_io import open_csv_writer
 from e5_pipeline.logging_utils import run_script, setup_logging, write_json
 from e5_pipeline.splits import check_validation_split, choose_validation_mask, mask_slice, validation_size
@@ -66,7 +66,9 @@ class InputArguments:
         default=None,
         metadata={
             "help": "Comma-separated fields of each JSON Lines record whose values are joined with a space into "
-            "one example, e.g. 'title,text' for a BEIR corpus.jsonl. Required when an input is .jsonl."
+            "one example, e.g. 'title,text' for a BEIR corpus.jsonl. A null value counts as empty text (BEIR "
+            "corpora leave titles empty); a missing field or a value that is not a string is an error. "
+            "Required when an input is .jsonl."
         },
     )
     encoding: str = field(
@@ -139,7 +141,8 @@ def check_arguments(inputs: InputArguments, outputs: OutputArguments) -> tuple[l
 def jsonl_texts(lines: list[str], path: Path, first_line_number: int, fields: list[str]) -> list[str]:
     """Turn each JSON Lines record into one text: its `fields` stripped and joined by a space.
 
-    A blank line gives an empty text, which is then dropped and counted as blank.
+    Empty and null fields are left out of the join. A blank line gives an empty text, which is
+    then dropped and counted as blank.
     """
     texts = []
     for line_number, line in enumerate(lines, start=first_line_number):
@@ -163,10 +166,12 @@ def jsonl_texts(lines: list[str], path: Path, first_line_number: int, fields: li
                     "Pass only fields that every record has to --jsonl_text_fields."
                 )
             value = record[name]
+            if value is None:
+                continue
             if not isinstance(value, str):
                 raise ValueError(
-                    f"{path}, line {line_number}: field {name!r} is {type(value).__name__} {value!r}, "
-                    "expected a string."
+                    f"{path}, line {line_number}: field {name!r} is {type(value).__name__} {value!r}, expected a "
+                    "string or null. Fix the record, or leave the field out of --jsonl_text_fields."
                 )
             if value.strip():
                 parts.append(value.strip())
@@ -410,7 +415,7 @@ def write_splits(files, encoding, fields, router: LineRouter, output_paths: dict
 def main(args: list[str] | None = None) -> dict:
     """Run the script on `args` (default: the command line) and return the statistics it wrote."""
     setup_logging()
-    parser = HfArgumentParser((InputArguments, OutputArguments))
+    parser = build_argument_parser((InputArguments, OutputArguments))
     inputs, outputs = parser.parse_args_into_dataclasses(args=args)
     logger.info("Input arguments: %s", inputs)
     logger.info("Output arguments: %s", outputs)

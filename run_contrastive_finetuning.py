@@ -46,8 +46,9 @@ from sentence_transformers.sentence_transformer.losses import (
 )
 from sentence_transformers.sentence_transformer.readers import InputExample
 from torch import nn
-from transformers import HfArgumentParser, get_linear_schedule_with_warmup
+from transformers import get_linear_schedule_with_warmup
 
+from e5_pipeline.cli import build_argument_parser
 from e5_pipeline.csv_io import load_csv_dataset
 from e5_pipeline.ir_evaluation import (
     DISTRACTOR_FILE_SUFFIXES,
@@ -160,16 +161,20 @@ class FinetuningArguments:
             "Default: none, the plain MultipleNegativesRankingLoss."
         },
     )
-    eval_strategy: str = field(
-        default="epoch",
+    eval_strategy: str | None = field(
+        default=None,
         metadata={
             "help": "When to evaluate during training: 'no', 'steps' (every --eval_steps steps and at the end "
-            "of each epoch) or 'epoch'. The starting and the final model are evaluated whenever "
-            "--validation_file is set.",
+            "of each epoch) or 'epoch'; 'steps' and 'epoch' need --validation_file. The starting and the "
+            "final model are evaluated whenever --validation_file is set. Default: 'epoch' with "
+            "--validation_file, 'no' without it.",
             "choices": list(EVAL_STRATEGIES),
         },
     )
-    eval_steps: int | None = field(default=None, metadata={"help": "Steps between evaluations with --eval_strategy steps."})
+    eval_steps: int | None = field(
+        default=None,
+        metadata={"help": "Steps between evaluations with --eval_strategy steps; ignored, with a WARNING, otherwise."},
+    )
     use_amp: bool = field(
         default=False,
         metadata={"help": "Train with float16 automatic mixed precision. CUDA only: on a CPU it is turned off with a WARNING."},
@@ -201,8 +206,11 @@ class FinetuningArguments:
 
 
 def parse_arguments(args: list[str] | None) -> tuple[ModelArguments, DataArguments, FinetuningArguments]:
-    """Parse the command line and check it before any file is read."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, FinetuningArguments))
+    """Parse the command line and check it before any file is read.
+
+    Sets the default --eval_strategy: 'epoch' when --validation_file is given, 'no' otherwise.
+    """
+    parser = build_argument_parser((ModelArguments, DataArguments, FinetuningArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=args)
 
     for flag, path in (
@@ -236,12 +244,30 @@ def parse_arguments(args: list[str] | None) -> tuple[ModelArguments, DataArgumen
     if training_args.checkpoint_save_steps < 0 or training_args.checkpoint_save_total_limit < 0:
         raise ValueError("--checkpoint_save_steps and --checkpoint_save_total_limit must be 0 or more.")
 
-    if training_args.eval_strategy != "no" and data_args.validation_file is None:
+    if training_args.eval_strategy is None:
+        training_args.eval_strategy = "epoch" if data_args.validation_file is not None else "no"
+    elif training_args.eval_strategy != "no" and data_args.validation_file is None:
         raise ValueError(
-            f"--eval_strategy {training_args.eval_strategy!r} needs --validation_file; pass one or use --eval_strategy no."
+            f"--eval_strategy {training_args.eval_strategy!r} needs --validation_file; pass one, or leave out "
+            "--eval_strategy to train without evaluation."
         )
     if training_args.eval_strategy == "steps" and training_args.eval_steps is None:
         raise ValueError("--eval_strategy steps needs --eval_steps.")
+    if training_args.eval_steps is not None and training_args.eval_strategy != "steps":
+        logger.warning(
+            "--eval_steps %d is ignored because --eval_strategy is %r; pass --eval_strategy steps to use it.",
+            training_args.eval_steps,
+            training_args.eval_strategy,
+        )
+    mini_batch_size, batch_size = training_args.mini_batch_size, training_args.per_device_train_batch_size
+    if mini_batch_size is not None and mini_batch_size > batch_size:
+        logger.warning(
+            "--mini_batch_size %d is larger than --per_device_train_batch_size %d, so each batch is embedded in one "
+            "piece and gradient caching saves no memory; use a --mini_batch_size below %d.",
+            mini_batch_size,
+            batch_size,
+            batch_size,
+        )
     if training_args.save_best_model and training_args.eval_strategy == "no":
         raise ValueError("--save_best_model needs evaluations during training; set --eval_strategy steps or epoch.")
     if data_args.eval_corpus_file and data_args.validation_file is None:
@@ -266,7 +292,8 @@ def check_checkpoints(checkpoint_dir: Path, resume: bool) -> None:
 
 def load_pairs(path: str, query_column: str, positive_column: str, split: str) -> tuple[list[str], list[str]]:
     """Read the query and positive columns of a pairs CSV, leaving out rows with an empty text."""
-    dataset = load_csv_dataset({split: path}, [query_column, positive_column])[split]
+    column_flags = {query_column: "--query_column", positive_column: "--positive_column"}
+    dataset = load_csv_dataset({split: path}, [query_column, positive_column], column_flags=column_flags)[split]
     queries, positives = dataset[query_column], dataset[positive_column]
     kept = [index for index, pair in enumerate(zip(queries, positives)) if pair[0].strip() and pair[1].strip()]
     if len(kept) < len(queries):
@@ -501,9 +528,9 @@ def train(
 
 
 def main(args: list[str] | None = None) -> None:
-    # 1. Arguments, logging and seeds.
-    model_args, data_args, training_args = parse_arguments(args)
+    # 1. Logging, arguments and seeds.
     setup_logging()
+    model_args, data_args, training_args = parse_arguments(args)
     output_dir = Path(training_args.output_dir)
     check_checkpoints(output_dir / "checkpoints", training_args.resume_from_checkpoint)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -37,9 +37,15 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Seq
 
 
 def load_csv_dataset(
-    data_files: dict[str, str], columns: Sequence[str], cache_dir: str | None = None
+    data_files: dict[str, str],
+    columns: Sequence[str],
+    cache_dir: str | None = None,
+    column_flags: dict[str, str] | None = None,
 ) -> DatasetDict:
     """Load CSV splits with `datasets` so that every value of `columns` is the exact string written.
+
+    `column_flags` maps a column to the command-line flag that names it (e.g. "query" ->
+    "--query_column"), so that the error for a missing column tells which flag to change.
 
     Raises:
         ValueError: a file lacks one of `columns`; the message lists the columns found.
@@ -50,10 +56,15 @@ def load_csv_dataset(
             headers[split] = next(csv.reader(handle), [])
         missing = [name for name in columns if name not in headers[split]]
         if missing:
+            flags = [column_flags[name] for name in missing if column_flags and name in column_flags]
+            if flags:
+                fix = f"Pass the right column name with {' and '.join(flags)}"
+            else:
+                fix = "Name the right column with the script's column flag"
             raise ValueError(
                 f"{path} ({split} file) has no column {', '.join(map(repr, missing))}; its header has "
-                f"{', '.join(map(repr, headers[split])) or 'no columns'}. Name the right column with the "
-                "script's column flag, or prepare the file with the prepare_*_data.py scripts."
+                f"{', '.join(map(repr, headers[split])) or 'no columns'}. {fix}, or prepare the file with "
+                "the prepare_*_data.py scripts."
             )
     # Typing every column as a string stops pandas from reading "007" as the number 7.
     all_columns = dict.fromkeys(name for header in headers.values() for name in header)

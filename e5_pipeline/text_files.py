@@ -10,6 +10,7 @@ import codecs
 import glob
 import gzip
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from itertools import repeat
 from pathlib import Path
@@ -114,7 +115,13 @@ def expand_input_paths(patterns: Sequence[str]) -> list[Path]:
 def check_output_dir(
     output_dir: str | os.PathLike, input_paths: Sequence[str | os.PathLike], output_names: Sequence[str]
 ) -> None:
-    """Raise ValueError if `output_dir` is one of the input paths or an output file would overwrite an input file."""
+    """Check that `output_dir` can be written to and that no output would overwrite an input.
+
+    Raises:
+        ValueError: `output_dir` is a file, cannot be created or written to, is one of the input
+            paths, or an output file would overwrite an input file.
+    """
+    check_writable_dir(output_dir)
     output_dir = Path(output_dir).resolve()
     outputs = {output_dir / name for name in output_names}
     for input_path in input_paths:
@@ -128,6 +135,43 @@ def check_output_dir(
                 f"Input file {str(input_path)!r} would be overwritten by the output {resolved.name!r}; choose another "
                 "--output_dir."
             )
+
+
+def check_writable_dir(output_dir: str | os.PathLike, flag: str = "--output_dir") -> None:
+    """Raise ValueError naming `flag` unless `output_dir` is, or can be created as, a writable directory.
+
+    A directory that does not exist yet is created to test this and removed again, with any
+    parents created for it, so a failed run leaves nothing behind.
+    """
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {str(output_dir)!r} is a file, not a directory; choose another {flag}.")
+    created = []
+    try:
+        missing = []
+        ancestor = path
+        while not ancestor.exists():
+            missing.append(ancestor)
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise ValueError(
+                f"{flag} {str(output_dir)!r} cannot be created because {str(ancestor)!r} is a file; choose another {flag}."
+            )
+        for directory in reversed(missing):
+            directory.mkdir()
+            created.append(directory)
+        # Root passes every permission check of os.access, so only writing a file tells for sure.
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        action = "written to" if path.is_dir() else "created"
+        raise ValueError(
+            f"{flag} {str(output_dir)!r} cannot be {action} ({error.strerror or error}); choose a directory that "
+            "you can write to."
+        ) from None
+    finally:
+        for directory in reversed(created):
+            directory.rmdir()
 
 
 class DecodingError(ValueError):

@@ -162,3 +162,56 @@ def test_cranfield_reference_figures(cranfield_dir, minilm_dir, tmp_path):
     for name, expected in (("bm25", (0.311, 0.481, 0.736)), ("minilm", (0.335, 0.599, 0.793))):
         measured = tuple(results[name][metric] for metric in ("ndcg@10", "mrr@10", "recall@100"))
         assert measured == pytest.approx(expected, abs=0.005), name
+
+
+def test_pairs_wrong_column_names_flag(tmp_path):
+    validation = tmp_path / "validation.csv"
+    write_csv(validation, ["question", "positive"], [["q", "p"]])
+    with pytest.raises(
+        ValueError, match=r"has no column 'query'; its header has 'question', 'positive'\. Pass the right column name "
+        r"with --query_column, or prepare"
+    ):
+        evaluate_retrieval.main(["--validation_file", str(validation), "--output_dir", str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--batch_size", "0"], r"--batch_size must be positive, got 0\."),
+        (["--max_seq_length", "-1"], r"--max_seq_length must be positive, got -1\."),
+        (["--device", "gpu"], r"--device 'gpu' is not a torch device; use e\.g\. cpu, cuda or cuda:1\."),
+        (["--query_column", "question"], r"--query_column 'question' has no effect with --beir_dir; remove it\."),
+        (
+            ["--positive_column", "p", "--corpus_text_column", "t"],
+            r"--positive_column 'p', --corpus_text_column 't' have no effect with --beir_dir; remove them\.",
+        ),
+    ],
+)
+def test_checks_before_loading(beir_dir, tmp_path, monkeypatch, extra, message):
+    # The check must come before the data is read, so a loader that fails proves the order.
+    monkeypatch.setattr(evaluate_retrieval, "load_beir_data", lambda *args: pytest.fail("data loaded before the check"))
+    with pytest.raises(ValueError, match=message):
+        evaluate_retrieval.main(["--beir_dir", str(beir_dir), "--output_dir", str(tmp_path / "out"), *extra])
+
+
+def test_qrels_split_with_pairs(tmp_path):
+    validation = tmp_path / "validation.csv"
+    write_csv(validation, ["query", "positive"], [["q", "p"]])
+    args = ["--validation_file", str(validation), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match=r"--qrels_split 'train' has no effect with --validation_file; remove it\."):
+        evaluate_retrieval.main(args + ["--qrels_split", "train"])
+
+
+def test_device_cuda_without_cuda(beir_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluate_retrieval.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"--device 'cuda': CUDA is not available on this machine; pass --device cpu"):
+        evaluate_retrieval.main(["--beir_dir", str(beir_dir), "--device", "cuda", "--output_dir", str(tmp_path / "out")])
+
+
+def test_help_bm25_reads_for_both_flags(capsys):
+    with pytest.raises(SystemExit):
+        evaluate_retrieval.main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert help_text.count("Default: on; --no_bm25 turns it off.") == 2
+    assert "Also score BM25" not in help_text
+    assert "(default: False)" not in help_text

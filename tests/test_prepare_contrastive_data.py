@@ -234,7 +234,29 @@ def test_beir_min_score(tmp_path):
             "query\tpositive\nq1\tp1\nq2\tp2\textra\n",
             [],
             r"pairs.tsv, line 3: expected 2 fields separated by '\\t' \(as on line 1\), "
-            r"found 3: \['q2', 'p2', 'extra'\]",
+            r"found 3: \['q2', 'p2', 'extra'\]\. Remove the extra delimiters, or pass --quoting csv if fields are quoted\.$",
+        ),
+        (
+            "query\tpositive\nq1\tp1\nq2 p2\n",
+            [],
+            r"pairs.tsv, line 3: expected 2 fields separated by '\\t' \(as on line 1\), found 1: \['q2 p2'\]\. "
+            r"Add the missing delimiters \(is a '\\t' replaced by spaces\?\)\.$",
+        ),
+        (
+            "query,positive\nq1,p1\nq2\n",
+            ["--delimiter", ","],
+            r"line 3: expected 2 fields separated by ',' \(as on line 1\), found 1: \['q2'\]\. "
+            r"Add the missing delimiters \(is a ',' replaced by spaces\?\), or check the quoting\.$",
+        ),
+        (
+            "query\tpositive\nq1\tp1\n",
+            ["--min_score", "2"],
+            r"^--min_score 2 has no effect with --input_file; remove it\.$",
+        ),
+        (
+            "query\tpositive\nq1\tp1\n",
+            ["--qrels_split", "test", "--min_score", "0"],
+            r"^--qrels_split 'test', --min_score 0 have no effect with --input_file; remove them\.$",
         ),
         ('query,positive\nq1,p1\n"q2,p2\nq3,p3\n', ["--delimiter", ","], r"pairs.tsv, line 3: unclosed quote"),
         (
@@ -296,6 +318,35 @@ def test_missing_inputs(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--delimiter", ","], r"^--delimiter ',' has no effect with --beir_dir; remove it\.$"),
+        (["--no_header"], r"^--no_header has no effect with --beir_dir; remove it\.$"),
+        (
+            ["--quoting", "csv", "--input_query_col_idx", "2", "--encoding", "latin-1"],
+            r"^--input_query_col_idx 2, --quoting 'csv', --encoding 'latin-1' have no effect with --beir_dir; "
+            r"remove them\.$",
+        ),
+    ],
+)
+def test_beir_rejects_delimited_flags(tmp_path, extra, message):
+    beir_dir = write_beir(tmp_path / "beir", [{"_id": "d", "title": "", "text": "t"}], [{"_id": "q", "text": "q"}], [])
+    with pytest.raises(ValueError, match=message):
+        run(tmp_path / "out", "--beir_dir", beir_dir, *extra)
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_header_reads_for_both_flags(capsys):
+    with pytest.raises(SystemExit):
+        prepare_contrastive_data.main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert help_text.count("Default: yes; --no_header reads the first row as a pair.") == 2
+    assert "Default: tab. --header" in help_text
+    assert "(default: )" not in help_text
+    assert "(default: True)" not in help_text
+
+
 def test_output_dir_equal_to_input(tmp_path):
     beir_dir = write_beir(tmp_path / "beir", [{"_id": "d", "title": "", "text": "t"}], [{"_id": "q", "text": "q"}], [])
     source = write_tsv(tmp_path / "train.csv", many_pairs(queries=2))
@@ -305,6 +356,14 @@ def test_output_dir_equal_to_input(tmp_path):
     with pytest.raises(ValueError, match=r"would be overwritten by the output 'train.csv'"):
         run(tmp_path, "--input_file", source)
     assert sorted(path.name for path in beir_dir.iterdir()) == ["corpus.jsonl", "qrels", "queries.jsonl"]
+
+
+def test_output_dir_is_file(tmp_path):
+    source = write_tsv(tmp_path / "pairs.tsv", many_pairs(queries=2))
+    plain_file = write_text(tmp_path / "plainfile", "x")
+
+    with pytest.raises(ValueError, match=r"^--output_dir '.*plainfile' is a file, not a directory; choose another"):
+        run(plain_file, "--input_file", source)
 
 
 def test_help_on_every_field():

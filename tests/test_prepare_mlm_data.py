@@ -2,6 +2,7 @@
 
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,6 +197,20 @@ def test_jsonl_text_with_newlines(tmp_path):
     assert_counts_add_up(stats)
 
 
+def test_jsonl_null_field_is_empty(tmp_path):
+    records = [
+        {"_id": "1", "title": None, "text": "body one"},
+        {"_id": "2", "title": "Title", "text": None},
+        {"_id": "3", "title": None, "text": None},
+    ]
+    source = write_lines(tmp_path / "corpus.jsonl", [json.dumps(record) for record in records])
+    stats = run([source], tmp_path / "out", "--validation_split", "0", "--jsonl_text_fields", "title,text")
+
+    assert read_split(tmp_path / "out", "train") == ["body one", "Title"]
+    assert stats["rows_dropped"]["blank"] == 1
+    assert_counts_add_up(stats)
+
+
 def test_small_blocks_match_one_block(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     words = ["alpha", "béta", "γάμμα", "NA", "", "  ", 'q"uote', "x" * 40]
@@ -285,6 +300,13 @@ def test_decoding_error_offset_in_later_block(tmp_path, monkeypatch):
             r"c.jsonl, line 1: field 'title' is missing; the record has \['text'\]",
         ),
         (
+            lambda tmp: [write_lines(tmp / "c.jsonl", ['{"title": 7, "text": "x"}'])],
+            ["--jsonl_text_fields", "title,text"],
+            ValueError,
+            r"c.jsonl, line 1: field 'title' is int 7, expected a string or null\. Fix the record, or leave the "
+            r"field out of --jsonl_text_fields\.$",
+        ),
+        (
             lambda tmp: [write_lines(tmp / "c.jsonl", ['{"text": "x"}', "{broken"])],
             ["--jsonl_text_fields", "text"],
             ValueError,
@@ -335,6 +357,41 @@ def test_output_would_overwrite_input(tmp_path):
     with pytest.raises(ValueError, match=r"would be overwritten by the output 'train.csv'"):
         run([source], tmp_path)
     assert source.read_text() == "one\ntwo\n"
+
+
+def test_output_dir_is_file(tmp_path):
+    source = write_lines(tmp_path / "a.txt", ["one", "two"])
+    plain_file = write_lines(tmp_path / "plainfile", ["not a directory"])
+
+    with pytest.raises(ValueError, match=r"^--output_dir '.*plainfile' is a file, not a directory; choose another --output_dir\.$"):
+        run([source], plain_file)
+    with pytest.raises(ValueError, match=r"^--output_dir '.*plainfile/sub' cannot be created because '.*plainfile' is a file"):
+        run([source], plain_file / "sub")
+    assert plain_file.read_text() == "not a directory\n"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs the Linux /proc file system")
+def test_output_dir_not_creatable(tmp_path):
+    source = write_lines(tmp_path / "a.txt", ["one", "two"])
+
+    with pytest.raises(ValueError, match=r"^--output_dir '/proc/nope' cannot be created \(.+\); choose a directory"):
+        run([source], "/proc/nope")
+
+
+def test_output_dir_probe_leaves_nothing(tmp_path):
+    source = write_lines(tmp_path / "a.txt", ["x"])
+    output_dir = tmp_path / "new" / "out"
+
+    with pytest.raises(ValueError, match=r"Only 1 usable line"):
+        run([source], output_dir)
+    assert not (tmp_path / "new").exists()
+
+
+def test_help_states_null_rule(capsys):
+    with pytest.raises(SystemExit):
+        prepare_mlm_data.main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "A null value counts as empty text" in help_text
 
 
 def test_invalid_gzip(tmp_path):

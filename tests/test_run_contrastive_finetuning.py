@@ -281,11 +281,73 @@ def test_eval_strategy_steps_runs(tiny_sentence_transformer_dir, pair_files, tmp
     assert len(epoch_log) == 2
 
 
-def test_checks_eval_strategy_needs_validation(tiny_sentence_transformer_dir, pair_files, tmp_path):
-    args = base_args(tiny_sentence_transformer_dir, pair_files, tmp_path / "out")
-    args = args[: args.index("--validation_file")] + args[args.index("--validation_file") + 2 :]
-    with pytest.raises(ValueError, match=r"--eval_strategy 'epoch' needs --validation_file"):
-        script.main(args)
+def required_args(files: dict[str, Path], output_dir: Path) -> list[str]:
+    """Only the required flags; the model path need not exist for parse_arguments."""
+    return ["--model_name_or_path", "model", "--train_file", str(files["train"]), "--output_dir", str(output_dir)]
+
+
+def test_eval_strategy_default_follows_data(pair_files, tmp_path):
+    args = required_args(pair_files, tmp_path / "out")
+    assert script.parse_arguments(args)[2].eval_strategy == "no"
+    with_validation = args + ["--validation_file", str(pair_files["validation"])]
+    assert script.parse_arguments(with_validation)[2].eval_strategy == "epoch"
+    assert script.parse_arguments(with_validation + ["--eval_strategy", "no"])[2].eval_strategy == "no"
+
+
+@pytest.mark.parametrize("strategy", ["epoch", "steps"])
+def test_checks_eval_strategy_needs_validation(pair_files, tmp_path, strategy):
+    args = required_args(pair_files, tmp_path / "out") + ["--eval_strategy", strategy, "--eval_steps", "2"]
+    with pytest.raises(
+        ValueError,
+        match=rf"--eval_strategy '{strategy}' needs --validation_file; pass one, or leave out --eval_strategy to "
+        "train without evaluation",
+    ):
+        script.parse_arguments(args)
+
+
+@pytest.mark.parametrize("strategy", [None, "epoch", "no"])
+def test_eval_steps_ignored_warns(pair_files, tmp_path, caplog, strategy):
+    args = required_args(pair_files, tmp_path / "out") + ["--validation_file", str(pair_files["validation"])]
+    args += ["--eval_steps", "5"] + (["--eval_strategy", strategy] if strategy else [])
+    with caplog.at_level(logging.WARNING):
+        script.parse_arguments(args)
+    expected = strategy or "epoch"
+    assert f"--eval_steps 5 is ignored because --eval_strategy is {expected!r}" in caplog.text
+
+
+def test_eval_steps_with_steps_silent(pair_files, tmp_path, caplog):
+    args = required_args(pair_files, tmp_path / "out") + ["--validation_file", str(pair_files["validation"])]
+    with caplog.at_level(logging.WARNING):
+        script.parse_arguments(args + ["--eval_strategy", "steps", "--eval_steps", "5"])
+    assert "--eval_steps" not in caplog.text
+
+
+def test_mini_batch_larger_than_batch_warns(pair_files, tmp_path, caplog):
+    args = required_args(pair_files, tmp_path / "out") + ["--per_device_train_batch_size", "8"]
+    with caplog.at_level(logging.WARNING):
+        script.parse_arguments(args + ["--mini_batch_size", "8"])
+    assert "--mini_batch_size" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        script.parse_arguments(args + ["--mini_batch_size", "16"])
+    assert "--mini_batch_size 16 is larger than --per_device_train_batch_size 8" in caplog.text
+
+
+def test_load_pairs_names_column_flag(tmp_path):
+    write_csv(tmp_path / "train.csv", ["question", "answer"], [("q", "p")])
+    with pytest.raises(
+        ValueError,
+        match=r"has no column 'query', 'positive'; its header has 'question', 'answer'\. Pass the right column name "
+        r"with --query_column and --positive_column, or prepare",
+    ):
+        script.load_pairs(str(tmp_path / "train.csv"), "query", "positive", "train")
+
+
+def test_help_states_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        script.parse_arguments(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "Default: 'epoch' with --validation_file, 'no' without it. --eval_steps" in help_text
+    assert "Default: none. (default: )" not in help_text
 
 
 def test_cached_loss_same_gradients(tiny_sentence_transformer_dir):
