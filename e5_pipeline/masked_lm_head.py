@@ -30,8 +30,10 @@ def supports_masked_only_head(model: nn.Module) -> bool:
 def masked_only_mlm_loss(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """Compute the same mean cross-entropy as `model(**inputs).loss`, with logits only where labels are set.
 
-    A batch without any label other than -100 gives NaN, exactly as the stock loss does (a mean over
-    zero positions), so a training loop's non-finite-loss guard gets the same value on both paths.
+    A batch without any label other than -100 (short rows can draw no mask) gives a loss of exactly
+    0, where the stock loss gives NaN (a mean over zero positions). The zero is computed from the
+    head's output, so it stays in the autograd graph: backward gives every parameter a zero
+    gradient, and DistributedDataParallel sees the same parameters used as in any other batch.
     """
     encoder_name, head_name = ENCODER_AND_HEAD_ATTRIBUTES[type(model).__name__]
     encoder_inputs = {key: value for key, value in inputs.items() if key != "labels"}
@@ -44,4 +46,6 @@ def masked_only_mlm_loss(model: nn.Module, inputs: dict[str, torch.Tensor]) -> t
     masked_positions = (labels != IGNORE_INDEX).nonzero().squeeze(1)  # (masked,)
     masked_hidden_states = hidden_states.index_select(0, masked_positions)  # (masked, hidden)
     logits = getattr(model, head_name)(masked_hidden_states)  # (masked, vocab)
+    if masked_positions.numel() == 0:
+        return logits.float().sum()  # () sum over an empty tensor: exactly 0
     return F.cross_entropy(logits.float(), labels.index_select(0, masked_positions))

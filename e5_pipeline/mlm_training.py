@@ -19,7 +19,7 @@ from torch import nn
 from transformers import BertTokenizerFast, DataCollatorForLanguageModeling, Trainer
 from transformers.modeling_outputs import MaskedLMOutput
 
-from e5_pipeline.masked_lm_head import masked_only_mlm_loss, supports_masked_only_head
+from e5_pipeline.masked_lm_head import IGNORE_INDEX, masked_only_mlm_loss, supports_masked_only_head
 
 logger = logging.getLogger(__name__)
 
@@ -155,12 +155,28 @@ def _forward_replaced_by(module: nn.Module, forward) -> Iterator[None]:
             module.forward = previous
 
 
+@contextlib.contextmanager
+def transformers_load_report_hidden() -> Iterator[None]:
+    """Hide the load report (a WARNING table of missing and unexpected weights) that transformers logs.
+
+    transformers 5.25 logs it through the `transformers.modeling_utils` logger. Loading errors,
+    size mismatches and conversion errors still raise inside the block.
+    """
+    report_logger = logging.getLogger("transformers.modeling_utils")
+    previous_level = report_logger.level
+    report_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        report_logger.setLevel(previous_level)
+
+
 class MaskedLMTrainer(Trainer):
     """`Trainer` for masked-language modelling with three additions.
 
     - The loss comes from `masked_only_mlm_loss` (vocabulary logits only at masked positions) for
       the architectures that `supports_masked_only_head` accepts, and from the stock forward for
-      the others.
+      the others. On both paths a batch without masked tokens gives a loss of 0, not NaN.
     - A NaN or infinite training loss raises `NonFiniteLossError` before the optimizer step, on
       every process at the same step, naming the step and the learning rate.
     - For its first `head_warmup_steps` optimizer steps only `head_parameter_names` train: the
@@ -197,7 +213,19 @@ class MaskedLMTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self.use_masked_only_head:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            labels = inputs.get("labels")
+            if labels is None or (labels != IGNORE_INDEX).any():
+                return super().compute_loss(
+                    model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+                )
+            # The stock loss of a batch without masked tokens is NaN (a mean over zero positions). A zero
+            # computed from the logits keeps the step, gives every parameter a zero gradient, and still
+            # runs the forward that DistributedDataParallel synchronises.
+            # NOTE: in evaluation this batch counts as a loss of 0 in Trainer's per-batch mean, which
+            # lowers eval_loss slightly; the masked-only path does the same.
+            outputs = model(**inputs)
+            loss = (outputs.logits.float() * 0).sum()  # (): 0 unless a logit is NaN or infinite
+            return (loss, outputs) if return_outputs else loss
         unwrapped_model = self.accelerator.unwrap_model(model)
 
         def masked_only_forward(**model_inputs):
@@ -228,9 +256,10 @@ class MaskedLMTrainer(Trainer):
             step = self.state.global_step + 1
             raise NonFiniteLossError(
                 f"The training loss became {loss.item()} at step {step} (learning rate "
-                f"{self._get_learning_rate():.3g}); training stopped and no final model was saved. "
-                "Lower --learning_rate or raise --warmup_steps, then resume from the last checkpoint or start "
-                "over with --overwrite_output."
+                f"{self._get_learning_rate():.3g}); training stopped and no final model was saved. Likely causes: "
+                "a learning rate too high for this model (lower --learning_rate or raise --warmup_steps), an fp16 "
+                "overflow (use --bf16 or drop --fp16), or bad training data (look at the rows of this step). "
+                "Then resume from the last checkpoint, or start over with --overwrite_output."
             )
 
     def _resolve_head_warmup_steps(self) -> int:

@@ -110,15 +110,25 @@ def test_labels_at_padding_are_ignored(tiny_bert):
     assert relative_difference(our_loss, stock_loss) < 1e-5
 
 
-def test_no_masked_token_gives_nan_like_stock(tiny_bert):
-    tiny_bert.eval()
-    batch = build_batch(tiny_bert.config.vocab_size)
+def test_no_masked_token_gives_zero(tiny_mlm_model):
+    tiny_mlm_model.eval()
+    batch = build_batch(tiny_mlm_model.config.vocab_size)
     batch["labels"] = torch.full_like(batch["labels"], -100)
     with torch.no_grad():
-        stock_loss = tiny_bert(**batch).loss
-        our_loss = masked_only_mlm_loss(tiny_bert, batch)
+        stock_loss = tiny_mlm_model(**batch).loss
+    our_loss = masked_only_mlm_loss(tiny_mlm_model, batch)
     assert torch.isnan(stock_loss)
-    assert torch.isnan(our_loss)
+    assert our_loss.item() == 0.0
+    assert our_loss.requires_grad
+
+
+def test_no_masked_token_zero_gradients(tiny_mlm_model):
+    batch = build_batch(tiny_mlm_model.config.vocab_size)
+    batch["labels"] = torch.full_like(batch["labels"], -100)
+    masked_only_mlm_loss(tiny_mlm_model, batch).backward()
+    for name, parameter in tiny_mlm_model.named_parameters():
+        assert parameter.grad is not None, name
+        assert not parameter.grad.any(), name
 
 
 def test_checkpoint_stays_standard(tiny_bert, tmp_path):
