@@ -5,7 +5,7 @@ from sentence_transformers import SentenceTransformer
 
 from e5_pipeline.beir import load_corpus, load_qrels, load_queries, passage_text
 from e5_pipeline.csv_io import load_csv_dataset, write_csv
-from e5_pipeline.models import load_sentence_transformer
+from e5_pipeline.models import check_local_model_path, load_sentence_transformer
 
 TRICKY_TEXTS = ["NA", "null", "nan", "None", "N/A", "a,b", 'say "hi"', "tab\there", "007", "  spaced  ", "multi\nline"]
 
@@ -48,6 +48,24 @@ def test_plain_transformers_folder_is_wrapped(tiny_bert_dir, caplog):
     assert isinstance(model, SentenceTransformer)
     assert model.max_seq_length == 32
     assert "not a sentence-transformers folder" in caplog.text
+
+
+def test_missing_model_folder_rejected(tmp_path):
+    missing = tmp_path / "nomodel"
+    with pytest.raises(FileNotFoundError, match=rf"^model folder '{missing}' not found\. Pass an existing local folder"):
+        load_sentence_transformer(str(missing), device="cpu")
+    with pytest.raises(FileNotFoundError, match=r"^--model: model folder '\./nomodel' not found"):
+        check_local_model_path("./nomodel", "--model")
+
+
+def test_local_path_check_cases(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "models" / "mlm").mkdir(parents=True)
+    assert check_local_model_path("~/models/mlm") == str(tmp_path / "models" / "mlm")
+    assert check_local_model_path(str(tmp_path)) == str(tmp_path)
+    # Hub names pass unchecked, even when no such folder exists here.
+    assert check_local_model_path("bert-base-uncased") == "bert-base-uncased"
+    assert check_local_model_path("intfloat/e5-base-v2") == "intfloat/e5-base-v2"
 
 
 def test_sentence_transformer_folder_loads(tiny_sentence_transformer_dir):
