@@ -43,6 +43,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from e5_pipeline.csv_io import load_csv_dataset
 from e5_pipeline.logging_utils import run_script, setup_logging, write_json
@@ -56,8 +57,9 @@ from e5_pipeline.mlm_training import (
     new_head_parameter_names,
     perplexity,
     train_wordpiece_tokenizer,
+    transformers_load_report_hidden,
 )
-from e5_pipeline.models import build_mean_pooling_model
+from e5_pipeline.models import build_mean_pooling_model, check_local_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,10 @@ RUN_SETTINGS_FILENAME = "mlm_run_settings.json"
 TRAINED_TOKENIZER_DIRNAME = "trained-tokenizer"
 # Default block length when --max_seq_length is unset, if the model allows that many tokens.
 DEFAULT_MAX_SEQ_LENGTH = 512
+# Percent of the training rows held out for validation when --validation_split_percentage is unset.
+DEFAULT_VALIDATION_SPLIT_PERCENTAGE = 5.0
+# Values of --model_type: the model types that transformers has a masked-LM class for.
+MASKED_LM_MODEL_TYPES = sorted(MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
 
 @dataclass
@@ -79,7 +85,10 @@ class ModelArguments:
     )
     model_type: str | None = field(
         default=None,
-        metadata={"help": f"Architecture of a model trained from scratch, one of: {', '.join(sorted(CONFIG_MAPPING.keys()))}."},
+        metadata={
+            "help": "Architecture of a model trained from scratch: a transformers model type with a masked-LM "
+            "class, such as bert, roberta or distilbert. An invalid value is rejected with the list of valid ones."
+        },
     )
     config_overrides: str | None = field(
         default=None,
@@ -125,9 +134,12 @@ class DataArguments:
 
     train_file: str | None = field(default=None, metadata={"help": "CSV of training texts, as prepare_mlm_data.py writes it."})
     validation_file: str | None = field(default=None, metadata={"help": "CSV of validation texts, same layout."})
-    validation_split_percentage: float = field(
-        default=5.0,
-        metadata={"help": "Percent of the training rows held out for validation when no --validation_file is given (default 5)."},
+    validation_split_percentage: float | None = field(
+        default=None,
+        metadata={
+            "help": "Percent of the training rows held out for validation with --do_eval and no --validation_file. "
+            "Unset: 5. Ignored, with a WARNING, when --validation_file is given (as in the transformers examples)."
+        },
     )
     text_column_name: str = field(default="text", metadata={"help": "CSV column that holds the texts (default 'text')."})
     max_seq_length: int | None = field(
@@ -185,8 +197,19 @@ def parse_arguments(args: list[str] | None) -> tuple[ModelArguments, DataArgumen
             f"--model_name_or_path {model_args.model_name_or_path!r} and --model_type {model_args.model_type!r} "
             "contradict each other: pass --model_type only to train from scratch."
         )
-    if model_args.model_type is not None and model_args.model_type not in CONFIG_MAPPING:
-        raise ValueError(f"--model_type {model_args.model_type!r} is unknown; choose one of {sorted(CONFIG_MAPPING.keys())}.")
+    if model_args.model_type is not None and model_args.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise ValueError(
+            f"--model_type {model_args.model_type!r} is invalid: it must be a model type with a masked-LM class, "
+            f"one of {', '.join(MASKED_LM_MODEL_TYPES)}."
+        )
+    for flag, name in (
+        ("--model_name_or_path", "model_name_or_path"),
+        ("--config_name", "config_name"),
+        ("--tokenizer_name", "tokenizer_name"),
+    ):
+        value = getattr(model_args, name)
+        if value is not None:
+            setattr(model_args, name, check_local_model_path(value, flag))
     if model_args.config_overrides is not None and model_args.model_type is None:
         raise ValueError("--config_overrides applies only to a from-scratch model; pass --model_type with it.")
     if model_args.train_tokenizer_vocab_size is not None:
@@ -209,7 +232,8 @@ def parse_arguments(args: list[str] | None) -> tuple[ModelArguments, DataArgumen
     for flag, path in (("--train_file", data_args.train_file), ("--validation_file", data_args.validation_file)):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{flag} {path!r} not found.")
-    if not 0 < data_args.validation_split_percentage < 100:
+    split_percentage = data_args.validation_split_percentage
+    if split_percentage is not None and not 0 < split_percentage < 100:
         raise ValueError(
             f"--validation_split_percentage must be between 0 and 100, got {data_args.validation_split_percentage}."
         )
@@ -326,12 +350,22 @@ def load_texts(data_args: DataArguments, training_args: TrainingArguments, cache
         if raw[split].num_rows == 0:
             raise ValueError(f"{data_files[split]} has no non-blank text in column {column!r}.")
 
+    split_percentage = data_args.validation_split_percentage
+    if split_percentage is not None and data_args.validation_file is not None:
+        logger.warning(
+            "--validation_split_percentage %s is ignored: --validation_file %s is the validation split.",
+            split_percentage,
+            data_args.validation_file,
+        )
+    if split_percentage is None:
+        split_percentage = DEFAULT_VALIDATION_SPLIT_PERCENTAGE
+
     if "validation" not in raw and training_args.do_eval:
-        fraction = data_args.validation_split_percentage / 100
+        fraction = split_percentage / 100
         if round(raw["train"].num_rows * fraction) < 1:
             raise ValueError(
                 f"{data_args.train_file} has {raw['train'].num_rows} rows, too few to hold out "
-                f"{data_args.validation_split_percentage}% for validation. Pass --validation_file or raise "
+                f"{split_percentage}% for validation. Pass --validation_file or raise "
                 "--validation_split_percentage."
             )
         split = raw["train"].train_test_split(test_size=fraction, seed=training_args.seed)
@@ -339,7 +373,7 @@ def load_texts(data_args: DataArguments, training_args: TrainingArguments, cache
         logger.info(
             "Held out %d of the training rows for validation (--validation_split_percentage %s).",
             raw["validation"].num_rows,
-            data_args.validation_split_percentage,
+            split_percentage,
         )
     return raw
 
@@ -574,8 +608,6 @@ def main(args: list[str] | None = None) -> dict:
     resume_from = find_resume_checkpoint(training_args, run_args, run_settings) if training_args.do_train else None
     if resume_from is not None:
         logger.info("Resuming training from %s.", resume_from)
-    if training_args.do_train and training_args.process_index == 0:
-        write_json(Path(training_args.output_dir) / RUN_SETTINGS_FILENAME, run_settings)
     set_seed(training_args.seed)
 
     # 3. Texts, tokenizer and model.
@@ -650,6 +682,9 @@ def main(args: list[str] | None = None) -> dict:
     # 6. Train; a non-finite loss raises before anything final is saved.
     all_results = {}
     if training_args.do_train:
+        # Written only now that every input is checked, so a failed start leaves no settings behind.
+        if training_args.process_index == 0:
+            write_json(Path(training_args.output_dir) / RUN_SETTINGS_FILENAME, run_settings)
         train_result = trainer.train(resume_from_checkpoint=resume_from)
         trainer.save_model()
         metrics = dict(train_result.metrics)
@@ -673,7 +708,12 @@ def main(args: list[str] | None = None) -> dict:
 
     # 8. On the main process only: the sentence-transformers folder.
     if training_args.do_train and trainer.is_world_process_zero():
-        sentence_model = build_mean_pooling_model(training_args.output_dir, max_seq_length, device="cpu")
+        logger.info(
+            "Building the sentence-transformers model from the encoder alone: the MLM head weights are left "
+            "out and mean pooling needs no pooler layer, so transformers' load report of them is hidden."
+        )
+        with transformers_load_report_hidden():
+            sentence_model = build_mean_pooling_model(training_args.output_dir, max_seq_length, device="cpu")
         sentence_dir = Path(training_args.output_dir) / SENTENCE_TRANSFORMER_DIRNAME
         sentence_model.save(str(sentence_dir))
         logger.info("Saved the sentence-transformers model (Transformer + mean Pooling) to %s.", sentence_dir)

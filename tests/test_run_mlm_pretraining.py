@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -56,9 +57,28 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+class RecordingHandler(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
 def test_pretrained_folder_trains_and_saves(tiny_bert_dir, text_files, tmp_path, caplog):
     output_dir = tmp_path / "out"
-    results = run_mlm_pretraining.main(run_arguments(tiny_bert_dir, text_files, output_dir))
+    # transformers' loggers do not propagate to the root logger, so caplog cannot see them.
+    report_handler = RecordingHandler()
+    report_logger = logging.getLogger("transformers.modeling_utils")
+    report_logger.addHandler(report_handler)
+    try:
+        results = run_mlm_pretraining.main(run_arguments(tiny_bert_dir, text_files, output_dir))
+    finally:
+        report_logger.removeHandler(report_handler)
+    # Loading the MLM checkpoint as a bare encoder leaves out the head on purpose, so transformers'
+    # table of unexpected and missing weights must not reach the user.
+    assert not [message for message in report_handler.messages if "LOAD REPORT" in message]
 
     all_results = read_json(output_dir / "all_results.json")
     assert all_results == pytest.approx(results)
@@ -237,6 +257,8 @@ def test_too_small_corpus_rejected(tiny_bert_dir, text_files, tmp_path):
     write_csv(text_files["train"], ["text"], [["jet noise"], ["shock wave"]])
     with pytest.raises(ValueError, match=r"train.csv gives only 8 tokens for the train split, fewer than one block of --max_seq_length 32"):
         run_mlm_pretraining.main(run_arguments(tiny_bert_dir, text_files, tmp_path / "out"))
+    # The settings of a run that never started must not block the next attempt.
+    assert not (tmp_path / "out" / "mlm_run_settings.json").exists()
 
 
 def test_blank_rows_counted(tiny_bert_dir, text_files, tmp_path, caplog):
@@ -261,11 +283,75 @@ def test_non_finite_loss_stops(tiny_bert_dir, text_files, tmp_path, monkeypatch)
 
     monkeypatch.setattr(mlm_training, "masked_only_mlm_loss", nan_loss)
     output_dir = tmp_path / "out"
-    with pytest.raises(NonFiniteLossError, match=r"The training loss became nan at step 1 \(learning rate 5e-05\)"):
+    with pytest.raises(NonFiniteLossError, match=r"The training loss became nan at step 1 \(learning rate 5e-05\)") as raised:
         run_mlm_pretraining.main(run_arguments(tiny_bert_dir, text_files, output_dir))
+    message = str(raised.value)
+    assert "Likely causes: a learning rate too high for this model (lower --learning_rate" in message
+    assert "an fp16 overflow (use --bf16 or drop --fp16)" in message
+    assert "bad training data" in message
     assert not (output_dir / "model.safetensors").exists()
     assert not (output_dir / "sentence-transformer-format").exists()
     assert not (output_dir / "all_results.json").exists()
+
+
+@pytest.mark.parametrize("masked_only", [True, False], ids=["masked-only", "stock"])
+def test_batch_without_masks_trains(tiny_bert_dir, tmp_path, monkeypatch, masked_only):
+    if not masked_only:
+        monkeypatch.setattr(mlm_training, "supports_masked_only_head", lambda model: False)
+    paths = {"train": tmp_path / "train.csv", "validation": tmp_path / "validation.csv"}
+    words = ["jet", "noise", "shock", "wave", "flutter", "panel"]
+    write_csv(paths["train"], ["text"], [[word] for word in words])
+    write_csv(paths["validation"], ["text"], [[word] for word in words[:2]])
+    output_dir = tmp_path / "out"
+    # One maskable token per row and a 1% masking rate: nearly every batch of 2 rows has no mask.
+    arguments = run_arguments(
+        tiny_bert_dir, paths, output_dir, "--line_by_line", "--per_device_train_batch_size", "2",
+        "--mlm_probability", "0.01", "--max_steps", "3", "--seed", "3",
+    )  # fmt: skip
+    results = run_mlm_pretraining.main(arguments)
+
+    log_history = read_json(output_dir / "trainer_state.json")["log_history"]
+    step_losses = [entry["loss"] for entry in log_history if "loss" in entry]
+    assert len(step_losses) == 3
+    assert 0.0 in step_losses
+    assert results["train_loss"] == pytest.approx(sum(step_losses) / 3)
+    assert not math.isnan(results["eval_loss"])
+
+
+def test_missing_model_folder_rejected(tiny_bert_dir, text_files, tmp_path):
+    missing = tmp_path / "nomodel"
+    output_dir = tmp_path / "out"
+    with pytest.raises(FileNotFoundError, match=r"--model_name_or_path: model folder '.*nomodel' not found\. Pass an existing"):
+        run_mlm_pretraining.main(run_arguments(missing, text_files, output_dir))
+    for flag in ("--config_name", "--tokenizer_name"):
+        arguments = run_arguments(tiny_bert_dir, text_files, output_dir, flag, str(missing))
+        with pytest.raises(FileNotFoundError, match=rf"{flag}: model folder '.*nomodel' not found"):
+            run_mlm_pretraining.main(arguments)
+    assert not output_dir.exists()
+
+
+def test_model_type_without_mlm_rejected(text_files, tmp_path):
+    arguments = run_arguments("unused", text_files, tmp_path / "out")[2:] + ["--model_type", "vit"]
+    with pytest.raises(ValueError, match=r"--model_type 'vit' is invalid: it must be a model type with a masked-LM class, one of albert, .*\bbert, .*distilbert, .*roberta, "):
+        run_mlm_pretraining.main(arguments)
+
+
+def test_model_type_help_is_short():
+    from transformers import HfArgumentParser
+
+    help_text = " ".join(HfArgumentParser(run_mlm_pretraining.ModelArguments).format_help().split())
+    assert "such as bert, roberta or distilbert" in help_text
+    assert "xlm-roberta-xl" not in help_text
+    assert "wav2vec2" not in help_text
+
+
+def test_validation_split_with_file_warns(tiny_bert_dir, text_files, tmp_path, caplog):
+    arguments = run_arguments(tiny_bert_dir, text_files, tmp_path / "out", "--line_by_line", "--validation_split_percentage", "25")
+    with caplog.at_level(logging.WARNING):
+        results = run_mlm_pretraining.main(arguments)
+    assert "--validation_split_percentage 25.0 is ignored: --validation_file" in caplog.text
+    assert results["eval_samples"] == len(SAMPLE_SENTENCES[::4])
+    assert results["train_samples"] == len(SAMPLE_SENTENCES)
 
 
 def test_huge_learning_rate_stops(tiny_bert_dir, text_files, tmp_path):
