@@ -212,7 +212,7 @@ def load_pair_data(args: EvaluationArguments) -> RetrievalData:
         raise ValueError(f"{args.validation_file} has no row with both a query and a positive, so there is nothing to evaluate.")
     distractors = []
     if args.corpus_file is not None:
-        distractors = load_distractor_passages(args.corpus_file, csv_column=args.corpus_text_column)
+        distractors = load_distractor_passages(args.corpus_file, csv_column=args.corpus_text_column, column_flag="--corpus_text_column")
     queries, positives = zip(*kept_pairs)
     evaluation_data = build_retrieval_evaluation_data(queries, positives, distractors)
     qrels = {

@@ -582,7 +582,9 @@ def main(args: list[str] | None = None) -> None:
         distractors = []
         if data_args.eval_corpus_file is not None:
             distractors, _ = add_prefix(
-                load_distractor_passages(data_args.eval_corpus_file, data_args.eval_corpus_column),
+                load_distractor_passages(
+                    data_args.eval_corpus_file, data_args.eval_corpus_column, column_flag="--eval_corpus_column"
+                ),
                 model_args.prefix_passage,
             )
         evaluator, evaluation_sizes = build_evaluator(validation_queries, validation_positives, distractors)

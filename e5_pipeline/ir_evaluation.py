@@ -58,7 +58,9 @@ def build_retrieval_evaluation_data(
     )
 
 
-def load_distractor_passages(path: str | os.PathLike, csv_column: str = "text") -> list[str]:
+def load_distractor_passages(
+    path: str | os.PathLike, csv_column: str = "text", column_flag: str | None = None
+) -> list[str]:
     """Read the passages of a BEIR `corpus.jsonl`, a CSV file (column `csv_column`) or a text file.
 
     A text file (`.txt`) contains one passage per line. Empty passages are left out with a WARNING
@@ -75,7 +77,8 @@ def load_distractor_passages(path: str | os.PathLike, csv_column: str = "text") 
     if suffix == ".jsonl":
         texts = list(load_corpus(path).values())
     elif suffix == ".csv":
-        texts = load_csv_dataset({"corpus": str(path)}, [csv_column])["corpus"][csv_column]
+        column_flags = {csv_column: column_flag} if column_flag else None
+        texts = load_csv_dataset({"corpus": str(path)}, [csv_column], column_flags=column_flags)["corpus"][csv_column]
     elif suffix == ".txt":
         with open(path, encoding="utf-8-sig") as handle:
             texts = [line.strip() for line in handle]

@@ -162,6 +162,13 @@ def test_distractors_unknown_suffix(tmp_path):
         load_distractor_passages(path)
 
 
+def test_distractors_csv_column_names_flag(tmp_path):
+    path = tmp_path / "corpus.csv"
+    write_csv(path, ["passage"], [["a passage"]])
+    with pytest.raises(ValueError, match=r"has no column 'text'; its header has 'passage'\. Pass the right column name with --eval_corpus_column"):
+        load_distractor_passages(path, "text", column_flag="--eval_corpus_column")
+
+
 def test_training_sees_every_row(spied_run):
     batches = spied_run["training_batches"]
     rows_per_epoch = 21
