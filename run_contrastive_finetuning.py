@@ -476,9 +476,9 @@ def train(
       real step count, and is removed afterwards.
     - Without a checkpoint path `fit` creates `checkpoints/model` in the working directory, so the
       checkpoint path is always OUTPUT_DIR/checkpoints.
-    - `fit` builds its trainer's arguments with the default seed 42 (dropout, batch sampling) and
-      takes no seed, so the arguments class that `fit` looks up in its module is replaced, for this
-      call only, by one whose seed is --seed.
+    - `fit` takes no seed and builds its trainer's arguments with the default seed 42, which
+      drives dropout and batch sampling. For this call only, the arguments class that `fit` looks
+      up in its module is replaced by one whose seed is --seed.
     - With an evaluator `fit` saves only the best model (to its output path) and never the final
       one, so the output path is OUTPUT_DIR/best (only with --save_best_model) and the caller saves
       the final model itself.

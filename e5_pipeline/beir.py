@@ -102,6 +102,6 @@ def beir_paths(beir_dir: str | os.PathLike, qrels_split: str) -> dict[str, Path]
     for path in paths.values():
         if not path.is_file():
             raise FileNotFoundError(
-                f"{path} not found: a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv."
+                f"{path} not found: a BEIR folder contains corpus.jsonl, queries.jsonl and qrels/<split>.tsv."
             )
     return paths

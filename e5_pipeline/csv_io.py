@@ -45,7 +45,7 @@ def load_csv_dataset(
     """Load CSV splits with `datasets` so that every value of `columns` is the exact string written.
 
     `column_flags` maps a column to the command-line flag that names it (e.g. "query" ->
-    "--query_column"), so that the error for a missing column tells which flag to change.
+    "--query_column"), so that the error for a missing column names the flag to change.
 
     Raises:
         ValueError: a file lacks one of `columns`; the message lists the columns found.

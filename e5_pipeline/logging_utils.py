@@ -48,7 +48,7 @@ def run_script(main: Callable[[list[str]], Any]) -> None:
     """Run a script's `main` on the command-line arguments.
 
     An invalid input (ValueError, FileNotFoundError) ends the process with exit status 1 and its
-    message as one ERROR line; the traceback is logged at DEBUG level.
+    message as one ERROR line. The traceback is logged at DEBUG level.
     """
     logger = logging.getLogger(main.__module__)
     try:

@@ -23,7 +23,7 @@ IGNORE_INDEX = -100
 
 
 def supports_masked_only_head(model: nn.Module) -> bool:
-    """Tell whether `masked_only_mlm_loss` knows where `model` keeps its encoder and head."""
+    """Return whether `masked_only_mlm_loss` supports `model`, that is, has the names of its encoder and head."""
     return type(model).__name__ in ENCODER_AND_HEAD_ATTRIBUTES
 
 

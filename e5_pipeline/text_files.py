@@ -160,7 +160,7 @@ def check_writable_dir(output_dir: str | os.PathLike, flag: str = "--output_dir"
         for directory in reversed(missing):
             directory.mkdir()
             created.append(directory)
-        # Root passes every permission check of os.access, so only writing a file tells for sure.
+        # Root passes every permission check of os.access, so only writing a file proves the folder is writable.
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as error:

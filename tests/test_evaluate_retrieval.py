@@ -97,7 +97,7 @@ def test_beir_report_files(beir_dir, tiny_sentence_transformer_dir, tmp_path):
     assert bm25["ndcg@10"] == pytest.approx(1.0)
     assert bm25["mrr@10"] == pytest.approx(1.0)
     assert bm25["recall@100"] == pytest.approx(1.0)
-    # Four passages, so every ranking holds the relevant one.
+    # Four passages, so every ranking of depth 100 contains the relevant one.
     assert report["results"][1]["recall@100"] == pytest.approx(1.0)
     markdown = (output_dir / "report.md").read_text()
     assert "| bm25 | `bm25` | 1.000 | 1.000 | 1.000 |" in markdown
