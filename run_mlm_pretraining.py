@@ -56,6 +56,7 @@ from e5_pipeline.mlm_training import (
     list_checkpoints,
     new_head_parameter_names,
     perplexity,
+    resolve_head_learning_rate,
     train_wordpiece_tokenizer,
     transformers_load_report_hidden,
 )
@@ -124,6 +125,14 @@ class ModelArguments:
             "model such as all-MiniLM), else 0. These steps count toward --max_steps or --num_train_epochs, and the "
             "learning-rate schedule spans the whole run, so the encoder starts at the rate the schedule has "
             "reached then; set --warmup_steps above this value to start it low."
+        },
+    )
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak learning rate of the MLM head, in place of --learning_rate, under the same schedule. Unset "
+            "(default): 1e-3 when the checkpoint has no MLM head, so that the new head learns within a short run "
+            "while the encoder moves gently; else --learning_rate."
         },
     )
 
@@ -224,6 +233,8 @@ def parse_arguments(args: list[str] | None) -> tuple[ModelArguments, DataArgumen
         )
     if model_args.head_warmup_steps is not None and model_args.head_warmup_steps < 0:
         raise ValueError(f"--head_warmup_steps must be 0 or more, got {model_args.head_warmup_steps}.")
+    if model_args.head_learning_rate is not None and model_args.head_learning_rate <= 0:
+        raise ValueError(f"--head_learning_rate must be above 0, got {model_args.head_learning_rate}.")
 
     if not training_args.do_train and not training_args.do_eval:
         raise ValueError("Nothing to do: pass --do_train, --do_eval or both.")
@@ -666,6 +677,7 @@ def main(args: list[str] | None = None) -> dict:
         head_parameter_names=head_parameter_names(model),
         head_is_new=head_is_new,
         head_warmup_steps=model_args.head_warmup_steps,
+        head_learning_rate=resolve_head_learning_rate(model_args.head_learning_rate, head_is_new),
     )
     global_batch = (
         training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size

@@ -70,6 +70,7 @@ setting MLM_LEARNING_RATE "5e-5" "MLM peak learning rate"
 setting MLM_WARMUP_STEPS "0" "MLM learning-rate warm-up, in optimizer steps"
 setting MLM_MAX_SEQ_LENGTH "256" "MLM block length, in tokens"
 setting MLM_HEAD_WARMUP_STEPS "" "Steps that train a new MLM head alone first (empty: the script's default)"
+setting MLM_HEAD_LEARNING_RATE "" "Peak learning rate of the MLM head (empty: the script's default, 1e-3 for a new head)"
 setting MLM_SAVE_STEPS "500" "Save a resumable MLM checkpoint every N optimizer steps"
 setting MLM_EXTRA_ARGS "" "More run_mlm_pretraining.py flags, space-separated"
 setting ACCELERATE_ARGS "" "Flags for accelerate launch, e.g. '--num_processes 4' (default: your accelerate config)"
@@ -399,6 +400,7 @@ if [[ "$SKIP_MLM" == 0 ]]; then
       data_args+=(--validation_file "$MLM_DATA_DIR/validation.csv" --do_eval --eval_strategy epoch)
     fi
     if [[ -n "$MLM_HEAD_WARMUP_STEPS" ]]; then model_args+=(--head_warmup_steps "$MLM_HEAD_WARMUP_STEPS"); fi
+    if [[ -n "$MLM_HEAD_LEARNING_RATE" ]]; then model_args+=(--head_learning_rate "$MLM_HEAD_LEARNING_RATE"); fi
     # With no accelerate config on file, `accelerate launch` warns about every default it fills
     # in; passing the single-process defaults explicitly keeps the log quiet.
     launch_args=("${accelerate_args[@]}")

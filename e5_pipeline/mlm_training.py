@@ -28,6 +28,9 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 # Fraction of all optimizer steps that a newly initialised head trains alone when the user gives no value.
 AUTO_HEAD_WARMUP_FRACTION = 0.1
+# Peak learning rate of a newly initialised head when the user gives no value: a small random layer needs
+# far larger steps than a pretrained encoder to become useful within a short run.
+AUTO_NEW_HEAD_LEARNING_RATE = 1e-3
 # Prefixes that DistributedDataParallel and torch.compile add to parameter names.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -182,6 +185,8 @@ class MaskedLMTrainer(Trainer):
     - For its first `head_warmup_steps` optimizer steps only `head_parameter_names` train: the
       other parameters' gradients are dropped after each backward pass, so AdamW skips them (no
       update, no weight decay, their moments stay at zero until the encoder starts).
+    - With `head_learning_rate`, the head parameters get that peak learning rate instead of
+      `args.learning_rate`, in their own optimizer groups; the schedule scales both alike.
     """
 
     def __init__(
@@ -190,6 +195,7 @@ class MaskedLMTrainer(Trainer):
         head_parameter_names: list[str] | None = None,
         head_is_new: bool = False,
         head_warmup_steps: int | None = 0,
+        head_learning_rate: float | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -210,6 +216,31 @@ class MaskedLMTrainer(Trainer):
         self.head_is_new = head_is_new
         self.requested_head_warmup_steps = head_warmup_steps
         self.head_warmup_steps: int | None = None
+        self.head_learning_rate = head_learning_rate
+
+    def create_optimizer(self, model=None):
+        optimizer_was_built = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if optimizer_was_built and self.head_learning_rate is not None:
+            head_parameters = {
+                id(parameter)
+                for name, parameter in (self.model if model is None else model).named_parameters()
+                if _strip_wrapper_prefix(name) in self.head_parameter_names
+            }
+            # Split every group in two before the first step, while the optimizer holds no state; the
+            # encoder's groups stay first, so the logged learning rate remains the encoder's.
+            groups, optimizer.param_groups = optimizer.param_groups, []
+            head_groups = []
+            for group in groups:
+                encoder_part = [parameter for parameter in group["params"] if id(parameter) not in head_parameters]
+                head_part = [parameter for parameter in group["params"] if id(parameter) in head_parameters]
+                if encoder_part:
+                    optimizer.add_param_group({**group, "params": encoder_part})
+                if head_part:
+                    head_groups.append({**group, "params": head_part, "lr": self.head_learning_rate})
+            for group in head_groups:
+                optimizer.add_param_group(group)
+        return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self.use_masked_only_head:
@@ -292,6 +323,22 @@ def resolve_head_warmup_steps(requested: int | None, head_is_new: bool, max_step
     if steps > 0 and not head_is_new:
         logger.info("Training only the MLM head for the first %d steps (--head_warmup_steps).", steps)
     return steps
+
+
+def resolve_head_learning_rate(requested: float | None, head_is_new: bool) -> float | None:
+    """Return the head's own peak learning rate: `requested`, else `AUTO_NEW_HEAD_LEARNING_RATE` for a new head.
+
+    None means the head shares the encoder's learning rate.
+    """
+    if requested is not None:
+        return requested
+    if head_is_new:
+        logger.info(
+            "The new MLM head trains at a peak learning rate of %g (--head_learning_rate unset).",
+            AUTO_NEW_HEAD_LEARNING_RATE,
+        )
+        return AUTO_NEW_HEAD_LEARNING_RATE
+    return None
 
 
 def _strip_wrapper_prefix(name: str) -> str:

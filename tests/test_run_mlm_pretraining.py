@@ -422,6 +422,41 @@ def test_loaded_head_requested_warmup(tiny_bert_dir, text_files, tmp_path):
     assert not torch.equal(after["cls.predictions.transform.dense.weight"], before["cls.predictions.transform.dense.weight"])
 
 
+def test_head_learning_rate_is_separate(tiny_bert_dir, text_files, tmp_path):
+    output_dir = tmp_path / "out"
+    arguments = run_arguments(tiny_bert_dir, text_files, output_dir, "--learning_rate", "0", "--head_learning_rate", "1e-3")
+    run_mlm_pretraining.main(arguments)
+    before = load_file(tiny_bert_dir / "model.safetensors")
+    after = load_file(output_dir / "model.safetensors")
+    for name in (name for name in before if name.startswith("bert.")):
+        assert torch.equal(after[name], before[name]), name
+    assert not torch.equal(after["cls.predictions.transform.dense.weight"], before["cls.predictions.transform.dense.weight"])
+    assert not torch.equal(after["cls.predictions.bias"], before["cls.predictions.bias"])
+    # The logged learning rate is the encoder's.
+    state = read_json(output_dir / "trainer_state.json")
+    assert [entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry] == [0, 0]
+
+
+def test_new_head_default_learning_rate(headless_bert_dir, text_files, tmp_path, caplog):
+    output_dir = tmp_path / "out"
+    arguments = run_arguments(
+        headless_bert_dir, text_files, output_dir, "--learning_rate", "0", "--head_warmup_steps", "0", "--log_level", "info"
+    )
+    with caplog.at_level(logging.INFO):
+        run_mlm_pretraining.main(arguments)
+    assert "The new MLM head trains at a peak learning rate of 0.001 (--head_learning_rate unset)." in caplog.text
+    before = load_file(headless_bert_dir / "model.safetensors")
+    after = load_file(output_dir / "model.safetensors")
+    for name, tensor in before.items():
+        assert torch.equal(after[f"bert.{name}"], tensor), name
+
+
+def test_head_learning_rate_must_be_positive(tiny_bert_dir, text_files, tmp_path):
+    arguments = run_arguments(tiny_bert_dir, text_files, tmp_path, "--head_learning_rate", "0")
+    with pytest.raises(ValueError, match=r"--head_learning_rate must be above 0, got 0.0"):
+        run_mlm_pretraining.main(arguments)
+
+
 def test_small_embedding_resized(text_files, tmp_path, caplog):
     model_dir = tmp_path / "model"
     tokenizer = build_tiny_tokenizer(model_dir)
