@@ -227,7 +227,7 @@ class MaskedLMTrainer(Trainer):
                 for name, parameter in (self.model if model is None else model).named_parameters()
                 if _strip_wrapper_prefix(name) in self.head_parameter_names
             }
-            # Split every group in two before the first step, while the optimizer holds no state; the
+            # Split every group in two before the first step, while the optimizer has no state yet. The
             # encoder's groups stay first, so the logged learning rate remains the encoder's.
             groups, optimizer.param_groups = optimizer.param_groups, []
             head_groups = []
