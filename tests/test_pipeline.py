@@ -68,6 +68,8 @@ def test_help_lists_settings(tmp_path):
     assert result.returncode == 0
     for line in ("BASE_MODEL", "default: 'bert-base-uncased'", "PREFIX_QUERY", "default: 'query: '", "ABLATE_MLM"):
         assert line in result.stdout
+    assert "MLM_HEAD_LEARNING_RATE" in result.stdout
+    assert "Contrastive peak learning rate\n" + " " * 31 + "default: '2e-4'" in result.stdout
 
 
 def test_contradictory_flags_rejected(tmp_path):
