@@ -234,7 +234,10 @@ def parse_arguments(args: list[str] | None) -> tuple[ModelArguments, DataArgumen
     if model_args.head_warmup_steps is not None and model_args.head_warmup_steps < 0:
         raise ValueError(f"--head_warmup_steps must be 0 or more, got {model_args.head_warmup_steps}.")
     if model_args.head_learning_rate is not None and model_args.head_learning_rate <= 0:
-        raise ValueError(f"--head_learning_rate must be above 0, got {model_args.head_learning_rate}.")
+        raise ValueError(
+            f"--head_learning_rate must be above 0, got {model_args.head_learning_rate}. Pass a positive rate such as "
+            "1e-3, or leave it unset for the default."
+        )
 
     if not training_args.do_train and not training_args.do_eval:
         raise ValueError("Nothing to do: pass --do_train, --do_eval or both.")

@@ -175,7 +175,7 @@ def transformers_load_report_hidden() -> Iterator[None]:
 
 
 class MaskedLMTrainer(Trainer):
-    """`Trainer` for masked-language modelling with three additions.
+    """`Trainer` for masked-language modelling with four additions.
 
     - The loss comes from `masked_only_mlm_loss` (vocabulary logits only at masked positions) for
       the architectures that `supports_masked_only_head` accepts, and from the stock forward for
@@ -186,7 +186,7 @@ class MaskedLMTrainer(Trainer):
       other parameters' gradients are dropped after each backward pass, so AdamW skips them (no
       update, no weight decay, their moments stay at zero until the encoder starts).
     - With `head_learning_rate`, the head parameters get that peak learning rate instead of
-      `args.learning_rate`, in their own optimizer groups; the schedule scales both alike.
+      `args.learning_rate`, in optimizer groups of their own. The schedule scales both alike.
     """
 
     def __init__(

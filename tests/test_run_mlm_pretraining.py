@@ -428,7 +428,9 @@ def test_head_learning_rate_is_separate(tiny_bert_dir, text_files, tmp_path):
     run_mlm_pretraining.main(arguments)
     before = load_file(tiny_bert_dir / "model.safetensors")
     after = load_file(output_dir / "model.safetensors")
-    for name in (name for name in before if name.startswith("bert.")):
+    encoder_names = [name for name in before if name.startswith("bert.")]
+    assert encoder_names
+    for name in encoder_names:
         assert torch.equal(after[name], before[name]), name
     assert not torch.equal(after["cls.predictions.transform.dense.weight"], before["cls.predictions.transform.dense.weight"])
     assert not torch.equal(after["cls.predictions.bias"], before["cls.predictions.bias"])
@@ -453,7 +455,7 @@ def test_new_head_default_learning_rate(headless_bert_dir, text_files, tmp_path,
 
 def test_head_learning_rate_must_be_positive(tiny_bert_dir, text_files, tmp_path):
     arguments = run_arguments(tiny_bert_dir, text_files, tmp_path, "--head_learning_rate", "0")
-    with pytest.raises(ValueError, match=r"--head_learning_rate must be above 0, got 0.0"):
+    with pytest.raises(ValueError, match=r"--head_learning_rate must be above 0, got 0.0. Pass a positive rate"):
         run_mlm_pretraining.main(arguments)
 
 
