@@ -707,6 +707,8 @@ def main(args: list[str] | None = None) -> dict:
         metrics["train_tokens"] = counts["train"]["tokens"]
         metrics["max_seq_length"] = max_seq_length
         metrics["head_warmup_steps"] = trainer.head_warmup_steps or 0
+        if trainer.head_learning_rate is not None:
+            metrics["head_learning_rate"] = trainer.head_learning_rate
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()

@@ -405,6 +405,8 @@ def test_loaded_head_no_warmup(tiny_bert_dir, text_files, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         results = run_mlm_pretraining.main(run_arguments(tiny_bert_dir, text_files, tmp_path))
     assert results["head_warmup_steps"] == 0
+    # The head trained at the encoder's learning rate, so no rate of its own is recorded.
+    assert "head_learning_rate" not in results
     assert "has no MLM head" not in caplog.text
 
 
@@ -445,8 +447,9 @@ def test_new_head_default_learning_rate(headless_bert_dir, text_files, tmp_path,
         headless_bert_dir, text_files, output_dir, "--learning_rate", "0", "--head_warmup_steps", "0", "--log_level", "info"
     )
     with caplog.at_level(logging.INFO):
-        run_mlm_pretraining.main(arguments)
+        results = run_mlm_pretraining.main(arguments)
     assert "The new MLM head trains at a peak learning rate of 0.001 (--head_learning_rate unset)." in caplog.text
+    assert results["head_learning_rate"] == 1e-3
     before = load_file(headless_bert_dir / "model.safetensors")
     after = load_file(output_dir / "model.safetensors")
     for name, tensor in before.items():
